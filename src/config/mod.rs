@@ -1,0 +1,4 @@
+//! Configuration in three layers (STYLE.md): the local file (`file`), the dynamic configuration
+//! replicated in Raft (`dynamic`), and the effective configuration merged from both.
+
+pub mod dynamic;

@@ -1,0 +1,7 @@
+//! The consensus store: a Raft member (tikv `raft`) replicating [`state::ClusterState`].
+//! Only `node`, `storage`, `transport` and `codec` name `raft::` types; everyone else uses
+//! [`handle::Handle`].
+
+pub mod lease;
+pub mod state;
+pub mod storage;

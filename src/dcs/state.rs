@@ -1,0 +1,1153 @@
+//! The replicated cluster state and its deterministic `apply`.
+//!
+//! Every node applies the same committed commands in the same order, so `apply` must read
+//! nothing but the state and the command: the proposer stamps every time and id into the
+//! command. A lost compare-and-set is `Outcome::Rejected`, a value, never an error; `apply`
+//! cannot fail. The lease rules implemented here are DESIGN.md's "The lease" rules 1-3: an
+//! acquire is one compare-and-set on the epoch, a renewal is accepted only for the current holder
+//! and epoch, and an expiry only if no renewal was accepted since the leader started its timer.
+
+use crate::config::dynamic::DynamicConfig;
+use crate::types::{LeaseEpoch, Lsn, MemberName, NodeId, Timeline};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Who bootstrapped the cluster's Postgres, and the system identifier once known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Initialize {
+    pub bootstrapper: MemberName,
+    pub system_identifier: Option<String>,
+}
+
+/// The primary lease (DESIGN.md "The lease"). `ttl_ms` is stamped by the holder into every grant
+/// and renewal, so a later `ttl` change never shortens a running lease on one side only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub holder: MemberName,
+    pub epoch: LeaseEpoch,
+    pub ttl_ms: u64,
+    /// Id of the last accepted grant or renewal, chosen by the holder; the Raft leader's expiry
+    /// timer is keyed on it.
+    pub renewal: u64,
+}
+
+/// A member's Raft role as seen by the replicated configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RaftMembership {
+    /// Admitted by a join but not yet in the Raft configuration.
+    Pending,
+    Learner,
+    Voter,
+}
+
+/// Tags as Patroni names them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tags {
+    #[serde(default)]
+    pub nofailover: bool,
+    #[serde(default)]
+    pub noloadbalance: bool,
+    #[serde(default)]
+    pub clonefrom: bool,
+    #[serde(default)]
+    pub nosync: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_priority: Option<i64>,
+}
+
+/// What a member last reported of its Postgres (filled by the HA loop).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub state: String,
+    pub role: String,
+    pub timeline: Option<Timeline>,
+    pub receive_lsn: Option<Lsn>,
+    pub replay_lsn: Option<Lsn>,
+    pub wal_lsn: Option<Lsn>,
+    pub pending_restart: bool,
+    pub updated_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: MemberName,
+    pub node_id: NodeId,
+    /// Raft-only member without Postgres (DESIGN.md "join --witness").
+    pub witness: bool,
+    pub api_address: String,
+    pub raft_address: String,
+    pub pg_address: Option<String>,
+    pub membership: RaftMembership,
+    pub tags: Tags,
+    pub version: String,
+    pub status: Option<MemberStatus>,
+}
+
+/// A one-time join token, stored only as the SHA-256 of its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub expires_at_ms: u64,
+    pub used_by: Option<MemberName>,
+}
+
+/// The cluster CA, kept in the replicated state so any member can admit a joiner. This makes
+/// the service user a cluster administrator (docs/security.md).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaMaterial {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for CaMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaMaterial")
+            .field("key_pem", &"<secret>")
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverRequest {
+    pub leader: Option<MemberName>,
+    pub candidate: Option<MemberName>,
+    /// Wall-clock milliseconds; `None` means now.
+    pub scheduled_at_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub timeline: Timeline,
+    pub switch_lsn: Lsn,
+    pub reason: String,
+    pub at_ms: u64,
+    pub new_primary: MemberName,
+}
+
+/// The whole replicated state. `BTreeMap`s keep serialization and iteration order
+/// deterministic, so snapshots of equal states are equal bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub scope: String,
+    /// Changes only with `--force-new-cluster`; peers of another incarnation are refused.
+    pub incarnation: String,
+    pub initialize: Option<Initialize>,
+    pub lease: Option<Lease>,
+    /// The highest epoch ever granted; the next acquire must name it.
+    pub last_epoch: LeaseEpoch,
+    /// The last position the primary recorded (for `maximum_lag_on_failover`).
+    pub last_primary_lsn: Option<Lsn>,
+    /// The shutdown checkpoint of the last clean release (switchover, rule 6).
+    pub release_checkpoint: Option<Lsn>,
+    pub members: BTreeMap<MemberName, Member>,
+    pub next_node_id: u64,
+    pub config: DynamicConfig,
+    pub config_version: u64,
+    pub switchover: Option<SwitchoverRequest>,
+    pub history: Vec<HistoryEntry>,
+    /// Join tokens by hex SHA-256 of the secret.
+    pub tokens: BTreeMap<String, JoinToken>,
+    pub ca: CaMaterial,
+    /// Generated Postgres role secrets (role -> password).
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Identifies a proposal so the proposing node can match the applied entry to its waiter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProposalId {
+    pub node: NodeId,
+    pub seq: u64,
+}
+
+/// A member as a joiner describes itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMember {
+    pub name: MemberName,
+    pub witness: bool,
+    pub api_address: String,
+    pub raft_address: String,
+    pub pg_address: Option<String>,
+    pub tags: Tags,
+    pub version: String,
+}
+
+/// Everything that changes the replicated state. Times are stamped by the proposer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Compare-and-set: granted only if nobody holds the lease and `expected_epoch` is the last
+    /// epoch granted (rule 3).
+    AcquireLease {
+        candidate: MemberName,
+        expected_epoch: LeaseEpoch,
+        ttl_ms: u64,
+        renewal: u64,
+    },
+    RenewLease {
+        holder: MemberName,
+        epoch: LeaseEpoch,
+        ttl_ms: u64,
+        renewal: u64,
+    },
+    /// Given up by the holder; carries the shutdown checkpoint after a clean stop (rule 6).
+    ReleaseLease {
+        holder: MemberName,
+        epoch: LeaseEpoch,
+        checkpoint: Option<Lsn>,
+    },
+    /// Proposed only by the Raft leader when its timer for this exact renewal ran out (rule 2).
+    ExpireLease {
+        epoch: LeaseEpoch,
+        renewal: u64,
+    },
+    CreateToken {
+        hash: String,
+        expires_at_ms: u64,
+    },
+    /// Admits a member: consumes the token and assigns a node id in one step, so a token can
+    /// never admit two members and a name can never be taken twice.
+    Join {
+        token_hash: String,
+        now_ms: u64,
+        member: NewMember,
+    },
+    /// Records a Raft configuration change once Raft applied it (proposed as a ConfChange entry;
+    /// the node turns its application into this command so the state mirrors Raft's view).
+    SetMembership {
+        node_id: NodeId,
+        membership: Option<RaftMembership>,
+    },
+    /// Drops expired and used tokens older than `now_ms`.
+    PruneTokens {
+        now_ms: u64,
+    },
+}
+
+/// Why a command changed nothing. Displayed to operators as-is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Rejection {
+    #[error("the lease is held by {holder} (epoch {epoch})")]
+    LeaseHeld {
+        holder: MemberName,
+        epoch: LeaseEpoch,
+    },
+    #[error("expected lease epoch {expected} but the last granted is {actual}")]
+    StaleEpoch {
+        expected: LeaseEpoch,
+        actual: LeaseEpoch,
+    },
+    #[error("{member} does not hold the lease")]
+    NotHolder { member: MemberName },
+    #[error("a renewal was accepted after the expiry timer started")]
+    RenewedMeanwhile,
+    #[error("{member} is not a member of this cluster")]
+    UnknownMember { member: MemberName },
+    #[error("{member} is a witness and holds no Postgres")]
+    Witness { member: MemberName },
+    #[error("{member} is tagged nofailover")]
+    NoFailover { member: MemberName },
+    #[error("the join token is unknown: create one with `pgha ctl token create`")]
+    UnknownToken,
+    #[error("the join token expired: create a new one with `pgha ctl token create`")]
+    TokenExpired,
+    #[error(
+        "the join token was already used by {by}: create a new one with `pgha ctl token create`"
+    )]
+    TokenUsed { by: MemberName },
+    #[error("a member named {name} already exists: choose another --name or `pgha ctl remove {name}` first")]
+    DuplicateName { name: MemberName },
+    #[error("{address} is already used by member {member}")]
+    DuplicateAddress { address: String, member: MemberName },
+    #[error("a token with this hash already exists")]
+    DuplicateToken,
+}
+
+/// The result of applying one command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Accepted,
+    /// A join was accepted and the member got this node id.
+    Joined {
+        node_id: NodeId,
+    },
+    /// A lease was granted with this epoch.
+    LeaseGranted {
+        epoch: LeaseEpoch,
+    },
+    Rejected {
+        reason: Rejection,
+    },
+}
+
+impl Outcome {
+    pub fn is_accepted(&self) -> bool {
+        !matches!(self, Outcome::Rejected { .. })
+    }
+}
+
+impl ClusterState {
+    /// The state `pgha init` writes: one voter, no lease, the given CA and dynamic config.
+    pub fn bootstrap(
+        scope: String,
+        incarnation: String,
+        first: NewMember,
+        ca: CaMaterial,
+        config: DynamicConfig,
+    ) -> ClusterState {
+        let mut members = BTreeMap::new();
+        members.insert(
+            first.name.clone(),
+            Member {
+                name: first.name,
+                node_id: NodeId(1),
+                witness: first.witness,
+                api_address: first.api_address,
+                raft_address: first.raft_address,
+                pg_address: first.pg_address,
+                membership: RaftMembership::Voter,
+                tags: first.tags,
+                version: first.version,
+                status: None,
+            },
+        );
+        ClusterState {
+            scope,
+            incarnation,
+            initialize: None,
+            lease: None,
+            last_epoch: LeaseEpoch(0),
+            last_primary_lsn: None,
+            release_checkpoint: None,
+            members,
+            next_node_id: 2,
+            config,
+            config_version: 1,
+            switchover: None,
+            history: Vec::new(),
+            tokens: BTreeMap::new(),
+            ca,
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    pub fn member_by_id(&self, id: NodeId) -> Option<&Member> {
+        self.members.values().find(|m| m.node_id == id)
+    }
+
+    /// Node ids the Raft configuration contains (learners and voters).
+    pub fn raft_node_ids(&self) -> BTreeSet<NodeId> {
+        self.members
+            .values()
+            .filter(|m| m.membership != RaftMembership::Pending)
+            .map(|m| m.node_id)
+            .collect()
+    }
+
+    /// Applies one committed command. Deterministic: reads only `self` and `cmd`.
+    pub fn apply(&mut self, cmd: Command) -> Outcome {
+        let outcome = match cmd {
+            Command::AcquireLease {
+                candidate,
+                expected_epoch,
+                ttl_ms,
+                renewal,
+            } => self.acquire(candidate, expected_epoch, ttl_ms, renewal),
+            Command::RenewLease {
+                holder,
+                epoch,
+                ttl_ms,
+                renewal,
+            } => match &mut self.lease {
+                Some(l) if l.holder == holder && l.epoch == epoch => {
+                    l.ttl_ms = ttl_ms;
+                    l.renewal = renewal;
+                    Outcome::Accepted
+                }
+                _ => Outcome::Rejected {
+                    reason: Rejection::NotHolder { member: holder },
+                },
+            },
+            Command::ReleaseLease {
+                holder,
+                epoch,
+                checkpoint,
+            } => match &self.lease {
+                Some(l) if l.holder == holder && l.epoch == epoch => {
+                    self.lease = None;
+                    self.release_checkpoint = checkpoint;
+                    Outcome::Accepted
+                }
+                _ => Outcome::Rejected {
+                    reason: Rejection::NotHolder { member: holder },
+                },
+            },
+            Command::ExpireLease { epoch, renewal } => match &self.lease {
+                Some(l) if l.epoch == epoch && l.renewal == renewal => {
+                    self.lease = None;
+                    self.release_checkpoint = None;
+                    Outcome::Accepted
+                }
+                Some(l) if l.epoch == epoch => Outcome::Rejected {
+                    reason: Rejection::RenewedMeanwhile,
+                },
+                Some(l) => Outcome::Rejected {
+                    reason: Rejection::StaleEpoch {
+                        expected: epoch,
+                        actual: l.epoch,
+                    },
+                },
+                None => Outcome::Rejected {
+                    reason: Rejection::StaleEpoch {
+                        expected: epoch,
+                        actual: self.last_epoch,
+                    },
+                },
+            },
+            Command::CreateToken {
+                hash,
+                expires_at_ms,
+            } => {
+                if self.tokens.contains_key(&hash) {
+                    Outcome::Rejected {
+                        reason: Rejection::DuplicateToken,
+                    }
+                } else {
+                    self.tokens.insert(
+                        hash,
+                        JoinToken {
+                            expires_at_ms,
+                            used_by: None,
+                        },
+                    );
+                    Outcome::Accepted
+                }
+            }
+            Command::Join {
+                token_hash,
+                now_ms,
+                member,
+            } => self.join(token_hash, now_ms, member),
+            Command::SetMembership {
+                node_id,
+                membership,
+            } => {
+                let name = self.member_by_id(node_id).map(|m| m.name.clone());
+                match (name, membership) {
+                    (Some(name), Some(ms)) => {
+                        if let Some(m) = self.members.get_mut(&name) {
+                            m.membership = ms;
+                        }
+                        Outcome::Accepted
+                    }
+                    (Some(name), None) => {
+                        self.members.remove(&name);
+                        if self.lease.as_ref().is_some_and(|l| l.holder == name) {
+                            // A removed member can no longer renew; freeing the lease here is
+                            // safe only because removal is refused while it holds it (api).
+                            self.lease = None;
+                        }
+                        Outcome::Accepted
+                    }
+                    // Raft changes for ids the state no longer knows (a removal applied twice).
+                    (None, _) => Outcome::Accepted,
+                }
+            }
+            Command::PruneTokens { now_ms } => {
+                self.tokens
+                    .retain(|_, t| t.used_by.is_none() && t.expires_at_ms > now_ms);
+                Outcome::Accepted
+            }
+        };
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        outcome
+    }
+
+    fn acquire(
+        &mut self,
+        candidate: MemberName,
+        expected_epoch: LeaseEpoch,
+        ttl_ms: u64,
+        renewal: u64,
+    ) -> Outcome {
+        if let Some(l) = &self.lease {
+            return Outcome::Rejected {
+                reason: Rejection::LeaseHeld {
+                    holder: l.holder.clone(),
+                    epoch: l.epoch,
+                },
+            };
+        }
+        if expected_epoch != self.last_epoch {
+            return Outcome::Rejected {
+                reason: Rejection::StaleEpoch {
+                    expected: expected_epoch,
+                    actual: self.last_epoch,
+                },
+            };
+        }
+        let Some(member) = self.members.get(&candidate) else {
+            return Outcome::Rejected {
+                reason: Rejection::UnknownMember { member: candidate },
+            };
+        };
+        if member.witness {
+            return Outcome::Rejected {
+                reason: Rejection::Witness { member: candidate },
+            };
+        }
+        if member.tags.nofailover {
+            return Outcome::Rejected {
+                reason: Rejection::NoFailover { member: candidate },
+            };
+        }
+        let epoch = self.last_epoch.next();
+        self.last_epoch = epoch;
+        self.lease = Some(Lease {
+            holder: candidate,
+            epoch,
+            ttl_ms,
+            renewal,
+        });
+        Outcome::LeaseGranted { epoch }
+    }
+
+    fn join(&mut self, token_hash: String, now_ms: u64, m: NewMember) -> Outcome {
+        let reject = |reason| Outcome::Rejected { reason };
+        let Some(token) = self.tokens.get(&token_hash) else {
+            return reject(Rejection::UnknownToken);
+        };
+        if let Some(by) = &token.used_by {
+            return reject(Rejection::TokenUsed { by: by.clone() });
+        }
+        if token.expires_at_ms <= now_ms {
+            return reject(Rejection::TokenExpired);
+        }
+        if self.members.contains_key(&m.name) {
+            return reject(Rejection::DuplicateName { name: m.name });
+        }
+        for other in self.members.values() {
+            for (mine, theirs) in [
+                (&m.api_address, &other.api_address),
+                (&m.raft_address, &other.raft_address),
+            ] {
+                if mine == theirs {
+                    return reject(Rejection::DuplicateAddress {
+                        address: mine.clone(),
+                        member: other.name.clone(),
+                    });
+                }
+            }
+        }
+        let node_id = NodeId(self.next_node_id);
+        self.next_node_id += 1;
+        if let Some(t) = self.tokens.get_mut(&token_hash) {
+            t.used_by = Some(m.name.clone());
+        }
+        self.members.insert(
+            m.name.clone(),
+            Member {
+                name: m.name,
+                node_id,
+                witness: m.witness,
+                api_address: m.api_address,
+                raft_address: m.raft_address,
+                pg_address: m.pg_address,
+                membership: RaftMembership::Pending,
+                tags: m.tags,
+                version: m.version,
+                status: None,
+            },
+        );
+        Outcome::Joined { node_id }
+    }
+
+    /// Invariants that hold after every apply; checked in debug builds and by the simulation.
+    pub fn check_invariants(&self) {
+        if let Some(l) = &self.lease {
+            assert!(
+                l.epoch == self.last_epoch,
+                "lease epoch {} != last granted {}",
+                l.epoch,
+                self.last_epoch
+            );
+            assert!(
+                self.members.contains_key(&l.holder),
+                "lease holder {} is not a member",
+                l.holder
+            );
+        }
+        let ids: BTreeSet<_> = self.members.values().map(|m| m.node_id).collect();
+        assert_eq!(ids.len(), self.members.len(), "two members share a node id");
+        assert!(
+            ids.iter().all(|id| id.0 < self.next_node_id),
+            "node id not below next_node_id"
+        );
+        for w in self.history.windows(2) {
+            assert!(
+                w[0].timeline < w[1].timeline,
+                "timelines in history must increase"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> MemberName {
+        MemberName::new(s).unwrap()
+    }
+
+    fn new_member(n: &str, port: u16) -> NewMember {
+        NewMember {
+            name: name(n),
+            witness: false,
+            api_address: format!("127.0.0.1:{port}"),
+            raft_address: format!("127.0.0.1:{}", port + 1),
+            pg_address: Some(format!("127.0.0.1:{}", port + 2)),
+            tags: Tags::default(),
+            version: "test".into(),
+        }
+    }
+
+    /// Builder for states in the tables below.
+    struct St(ClusterState);
+
+    impl St {
+        fn one() -> St {
+            St(ClusterState::bootstrap(
+                "s".into(),
+                "inc".into(),
+                new_member("n1", 1000),
+                CaMaterial {
+                    cert_pem: String::new(),
+                    key_pem: String::new(),
+                },
+                DynamicConfig::default(),
+            ))
+        }
+        fn three() -> St {
+            let mut s = St::one();
+            for (i, n) in ["n2", "n3"].iter().enumerate() {
+                let h = format!("tok{n}");
+                s.0.apply(Command::CreateToken {
+                    hash: h.clone(),
+                    expires_at_ms: 100,
+                });
+                let out = s.0.apply(Command::Join {
+                    token_hash: h,
+                    now_ms: 1,
+                    member: new_member(n, 2000 + 10 * i as u16),
+                });
+                assert!(matches!(out, Outcome::Joined { .. }));
+            }
+            s
+        }
+        fn held(mut self, holder: &str, epoch: u64, renewal: u64) -> St {
+            self.0.last_epoch = LeaseEpoch(epoch);
+            self.0.lease = Some(Lease {
+                holder: name(holder),
+                epoch: LeaseEpoch(epoch),
+                ttl_ms: 10_000,
+                renewal,
+            });
+            self
+        }
+        fn free_after(mut self, epoch: u64) -> St {
+            self.0.last_epoch = LeaseEpoch(epoch);
+            self.0.lease = None;
+            self
+        }
+        fn tagged_nofailover(mut self, m: &str) -> St {
+            self.0.members.get_mut(&name(m)).unwrap().tags.nofailover = true;
+            self
+        }
+        fn witness(mut self, m: &str) -> St {
+            self.0.members.get_mut(&name(m)).unwrap().witness = true;
+            self
+        }
+    }
+
+    fn acquire(c: &str, expected: u64, renewal: u64) -> Command {
+        Command::AcquireLease {
+            candidate: name(c),
+            expected_epoch: LeaseEpoch(expected),
+            ttl_ms: 10_000,
+            renewal,
+        }
+    }
+    fn renew(h: &str, epoch: u64, renewal: u64) -> Command {
+        Command::RenewLease {
+            holder: name(h),
+            epoch: LeaseEpoch(epoch),
+            ttl_ms: 10_000,
+            renewal,
+        }
+    }
+    fn release(h: &str, epoch: u64) -> Command {
+        Command::ReleaseLease {
+            holder: name(h),
+            epoch: LeaseEpoch(epoch),
+            checkpoint: Some(Lsn(0x3000148)),
+        }
+    }
+    fn expire(epoch: u64, renewal: u64) -> Command {
+        Command::ExpireLease {
+            epoch: LeaseEpoch(epoch),
+            renewal,
+        }
+    }
+
+    /// (scenario, start state, command, expected outcome, expected holder and epoch after)
+    #[test]
+    fn lease_commands() {
+        use Outcome::*;
+        type Row = (
+            &'static str,
+            St,
+            Command,
+            Outcome,
+            Option<(&'static str, u64)>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "first acquire",
+                St::three(),
+                acquire("n1", 0, 7),
+                LeaseGranted {
+                    epoch: LeaseEpoch(1),
+                },
+                Some(("n1", 1)),
+            ),
+            (
+                "acquire while held",
+                St::three().held("n1", 3, 1),
+                acquire("n2", 3, 7),
+                Rejected {
+                    reason: Rejection::LeaseHeld {
+                        holder: name("n1"),
+                        epoch: LeaseEpoch(3),
+                    },
+                },
+                Some(("n1", 3)),
+            ),
+            (
+                "acquire with stale epoch",
+                St::three().free_after(4),
+                acquire("n2", 3, 7),
+                Rejected {
+                    reason: Rejection::StaleEpoch {
+                        expected: LeaseEpoch(3),
+                        actual: LeaseEpoch(4),
+                    },
+                },
+                None,
+            ),
+            (
+                "acquire after release",
+                St::three().free_after(4),
+                acquire("n2", 4, 7),
+                LeaseGranted {
+                    epoch: LeaseEpoch(5),
+                },
+                Some(("n2", 5)),
+            ),
+            (
+                "acquire by unknown member",
+                St::three(),
+                acquire("zz", 0, 7),
+                Rejected {
+                    reason: Rejection::UnknownMember { member: name("zz") },
+                },
+                None,
+            ),
+            (
+                "acquire by nofailover member",
+                St::three().tagged_nofailover("n2"),
+                acquire("n2", 0, 7),
+                Rejected {
+                    reason: Rejection::NoFailover { member: name("n2") },
+                },
+                None,
+            ),
+            (
+                "acquire by witness",
+                St::three().witness("n3"),
+                acquire("n3", 0, 7),
+                Rejected {
+                    reason: Rejection::Witness { member: name("n3") },
+                },
+                None,
+            ),
+            (
+                "renew by holder",
+                St::three().held("n1", 2, 1),
+                renew("n1", 2, 9),
+                Accepted,
+                Some(("n1", 2)),
+            ),
+            (
+                "renew by non-holder",
+                St::three().held("n1", 2, 1),
+                renew("n2", 2, 9),
+                Rejected {
+                    reason: Rejection::NotHolder { member: name("n2") },
+                },
+                Some(("n1", 2)),
+            ),
+            (
+                "renew of an older epoch",
+                St::three().held("n1", 2, 1),
+                renew("n1", 1, 9),
+                Rejected {
+                    reason: Rejection::NotHolder { member: name("n1") },
+                },
+                Some(("n1", 2)),
+            ),
+            (
+                "renew after expiry",
+                St::three().free_after(2),
+                renew("n1", 2, 9),
+                Rejected {
+                    reason: Rejection::NotHolder { member: name("n1") },
+                },
+                None,
+            ),
+            (
+                "release by holder",
+                St::three().held("n1", 2, 1),
+                release("n1", 2),
+                Accepted,
+                None,
+            ),
+            (
+                "release by non-holder",
+                St::three().held("n1", 2, 1),
+                release("n2", 2),
+                Rejected {
+                    reason: Rejection::NotHolder { member: name("n2") },
+                },
+                Some(("n1", 2)),
+            ),
+            (
+                "expire of the watched renewal",
+                St::three().held("n1", 2, 5),
+                expire(2, 5),
+                Accepted,
+                None,
+            ),
+            (
+                "expire after a newer renewal",
+                St::three().held("n1", 2, 6),
+                expire(2, 5),
+                Rejected {
+                    reason: Rejection::RenewedMeanwhile,
+                },
+                Some(("n1", 2)),
+            ),
+            (
+                "expire of an older epoch",
+                St::three().held("n1", 3, 5),
+                expire(2, 5),
+                Rejected {
+                    reason: Rejection::StaleEpoch {
+                        expected: LeaseEpoch(2),
+                        actual: LeaseEpoch(3),
+                    },
+                },
+                Some(("n1", 3)),
+            ),
+            (
+                "expire when free",
+                St::three().free_after(3),
+                expire(3, 5),
+                Rejected {
+                    reason: Rejection::StaleEpoch {
+                        expected: LeaseEpoch(3),
+                        actual: LeaseEpoch(3),
+                    },
+                },
+                None,
+            ),
+        ];
+        for (scenario, St(mut state), cmd, want, holder_after) in rows {
+            let got = state.apply(cmd);
+            assert_eq!(got, want, "{scenario}");
+            let after = state
+                .lease
+                .as_ref()
+                .map(|l| (l.holder.as_str().to_string(), l.epoch.0));
+            assert_eq!(
+                after,
+                holder_after.map(|(h, e)| (h.to_string(), e)),
+                "{scenario}: holder after"
+            );
+        }
+    }
+
+    #[test]
+    fn racing_acquires_grant_exactly_one() {
+        let mut s = St::three().0;
+        let outcomes: Vec<_> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|c| s.apply(acquire(c, 0, 1)))
+            .collect();
+        assert_eq!(outcomes.iter().filter(|o| o.is_accepted()).count(), 1);
+        assert_eq!(s.lease.unwrap().holder, name("n1"));
+    }
+
+    #[test]
+    fn renewal_committed_after_expiry_extends_nothing() {
+        let mut s = St::three().held("n1", 1, 1).0;
+        assert_eq!(s.apply(expire(1, 1)), Outcome::Accepted);
+        assert!(!s.apply(renew("n1", 1, 2)).is_accepted());
+        assert!(s.lease.is_none());
+        // The next acquire must name the expired epoch and gets a new one.
+        assert_eq!(
+            s.apply(acquire("n2", 1, 1)),
+            Outcome::LeaseGranted {
+                epoch: LeaseEpoch(2)
+            }
+        );
+    }
+
+    #[test]
+    fn release_records_the_shutdown_checkpoint() {
+        let mut s = St::three().held("n1", 1, 1).0;
+        s.apply(release("n1", 1));
+        assert_eq!(s.release_checkpoint, Some(Lsn(0x3000148)));
+    }
+
+    /// (scenario, token expiry, token used by, join time, name, expected outcome)
+    #[test]
+    fn join_commands() {
+        type Row = (
+            &'static str,
+            u64,
+            Option<&'static str>,
+            u64,
+            &'static str,
+            Result<u64, Rejection>,
+        );
+        let rows: Vec<Row> = vec![
+            ("valid token", 100, None, 50, "n4", Ok(4)),
+            (
+                "expired token",
+                100,
+                None,
+                100,
+                "n4",
+                Err(Rejection::TokenExpired),
+            ),
+            (
+                "used token",
+                100,
+                Some("n3"),
+                50,
+                "n4",
+                Err(Rejection::TokenUsed { by: name("n3") }),
+            ),
+            (
+                "duplicate name",
+                100,
+                None,
+                50,
+                "n2",
+                Err(Rejection::DuplicateName { name: name("n2") }),
+            ),
+        ];
+        for (scenario, expires, used_by, now, n, want) in rows {
+            let mut s = St::three().0;
+            s.tokens.insert(
+                "h".into(),
+                JoinToken {
+                    expires_at_ms: expires,
+                    used_by: used_by.map(name),
+                },
+            );
+            let before = s.clone();
+            let got = s.apply(Command::Join {
+                token_hash: "h".into(),
+                now_ms: now,
+                member: new_member(n, 5000),
+            });
+            match want {
+                Ok(id) => {
+                    assert_eq!(
+                        got,
+                        Outcome::Joined {
+                            node_id: NodeId(id)
+                        },
+                        "{scenario}"
+                    );
+                    assert_eq!(s.members[&name(n)].membership, RaftMembership::Pending);
+                    assert_eq!(
+                        s.tokens["h"].used_by,
+                        Some(name(n)),
+                        "{scenario}: token consumed"
+                    );
+                }
+                Err(reason) => {
+                    assert_eq!(got, Outcome::Rejected { reason }, "{scenario}");
+                    assert_eq!(s, before, "{scenario}: a rejected join changes nothing");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_token_and_reuse_are_refused() {
+        let mut s = St::three().0;
+        let got = s.apply(Command::Join {
+            token_hash: "nope".into(),
+            now_ms: 1,
+            member: new_member("n4", 5000),
+        });
+        assert_eq!(
+            got,
+            Outcome::Rejected {
+                reason: Rejection::UnknownToken
+            }
+        );
+        s.apply(Command::CreateToken {
+            hash: "t".into(),
+            expires_at_ms: 100,
+        });
+        assert!(s
+            .apply(Command::Join {
+                token_hash: "t".into(),
+                now_ms: 1,
+                member: new_member("n4", 5000)
+            })
+            .is_accepted());
+        let again = s.apply(Command::Join {
+            token_hash: "t".into(),
+            now_ms: 2,
+            member: new_member("n5", 6000),
+        });
+        assert_eq!(
+            again,
+            Outcome::Rejected {
+                reason: Rejection::TokenUsed { by: name("n4") }
+            }
+        );
+        assert_eq!(
+            s.apply(Command::CreateToken {
+                hash: "t".into(),
+                expires_at_ms: 100
+            }),
+            Outcome::Rejected {
+                reason: Rejection::DuplicateToken
+            }
+        );
+    }
+
+    #[test]
+    fn duplicate_addresses_are_refused() {
+        let mut s = St::three().0;
+        s.apply(Command::CreateToken {
+            hash: "t".into(),
+            expires_at_ms: 100,
+        });
+        let mut m = new_member("n9", 7000);
+        m.raft_address = s.members[&name("n2")].raft_address.clone();
+        let got = s.apply(Command::Join {
+            token_hash: "t".into(),
+            now_ms: 1,
+            member: m.clone(),
+        });
+        assert_eq!(
+            got,
+            Outcome::Rejected {
+                reason: Rejection::DuplicateAddress {
+                    address: m.raft_address,
+                    member: name("n2")
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn membership_follows_raft_and_removal_drops_member() {
+        let mut s = St::three().0;
+        let id = s.members[&name("n2")].node_id;
+        s.apply(Command::SetMembership {
+            node_id: id,
+            membership: Some(RaftMembership::Learner),
+        });
+        assert_eq!(s.members[&name("n2")].membership, RaftMembership::Learner);
+        s.apply(Command::SetMembership {
+            node_id: id,
+            membership: Some(RaftMembership::Voter),
+        });
+        assert!(s.raft_node_ids().contains(&id));
+        s.apply(Command::SetMembership {
+            node_id: id,
+            membership: None,
+        });
+        assert!(!s.members.contains_key(&name("n2")));
+        // Applying the removal again is harmless; ids are never reused.
+        assert_eq!(
+            s.apply(Command::SetMembership {
+                node_id: id,
+                membership: None
+            }),
+            Outcome::Accepted
+        );
+        s.apply(Command::CreateToken {
+            hash: "t".into(),
+            expires_at_ms: 100,
+        });
+        let out = s.apply(Command::Join {
+            token_hash: "t".into(),
+            now_ms: 1,
+            member: new_member("n2", 8000),
+        });
+        assert_eq!(out, Outcome::Joined { node_id: NodeId(4) });
+    }
+
+    #[test]
+    fn prune_drops_used_and_expired_tokens_only() {
+        let mut s = St::three().0;
+        s.tokens.insert(
+            "fresh".into(),
+            JoinToken {
+                expires_at_ms: 500,
+                used_by: None,
+            },
+        );
+        s.tokens.insert(
+            "old".into(),
+            JoinToken {
+                expires_at_ms: 50,
+                used_by: None,
+            },
+        );
+        s.apply(Command::PruneTokens { now_ms: 100 });
+        assert_eq!(s.tokens.keys().collect::<Vec<_>>(), vec!["fresh"]);
+    }
+
+    #[test]
+    fn apply_is_deterministic() {
+        let cmds = vec![
+            acquire("n1", 0, 1),
+            renew("n1", 1, 2),
+            expire(1, 2),
+            acquire("n3", 1, 1),
+        ];
+        let (mut a, mut b) = (St::three().0, St::three().0);
+        let oa: Vec<_> = cmds.iter().cloned().map(|c| a.apply(c)).collect();
+        let ob: Vec<_> = cmds.into_iter().map(|c| b.apply(c)).collect();
+        assert_eq!(oa, ob);
+        assert_eq!(
+            serde_json::to_vec(&a).unwrap(),
+            serde_json::to_vec(&b).unwrap()
+        );
+    }
+}
