@@ -2,6 +2,8 @@
 //! Only `node`, `storage`, `transport` and `codec` name `raft::` types; everyone else uses
 //! [`handle::Handle`].
 
+pub mod codec;
 pub mod lease;
+pub mod node;
 pub mod state;
 pub mod storage;

@@ -84,6 +84,10 @@ pub struct Member {
     pub tags: Tags,
     pub version: String,
     pub status: Option<MemberStatus>,
+    /// Marked by `pgha ctl remove`; the Raft leader takes it out of the configuration, and the
+    /// member disappears from the state when that change is applied.
+    #[serde(default)]
+    pub removing: bool,
 }
 
 /// A one-time join token, stored only as the SHA-256 of its secret.
@@ -223,6 +227,8 @@ pub enum Command {
     PruneTokens {
         now_ms: u64,
     },
+    /// Marks a member for removal from the Raft configuration (`pgha ctl remove`).
+    RemoveMember { name: MemberName },
 }
 
 /// Why a command changed nothing. Displayed to operators as-is.
@@ -263,6 +269,10 @@ pub enum Rejection {
     DuplicateAddress { address: String, member: MemberName },
     #[error("a token with this hash already exists")]
     DuplicateToken,
+    #[error("{member} holds the primary lease: switch over to another member first")]
+    HoldsLease { member: MemberName },
+    #[error("{member} is the last voter: a cluster cannot remove its last voting member")]
+    LastVoter { member: MemberName },
 }
 
 /// The result of applying one command.
@@ -312,6 +322,7 @@ impl ClusterState {
                 tags: first.tags,
                 version: first.version,
                 status: None,
+                removing: false,
             },
         );
         ClusterState {
@@ -456,6 +467,7 @@ impl ClusterState {
                     (None, _) => Outcome::Accepted,
                 }
             }
+            Command::RemoveMember { name } => self.mark_removing(name),
             Command::PruneTokens { now_ms } => {
                 self.tokens
                     .retain(|_, t| t.used_by.is_none() && t.expires_at_ms > now_ms);
@@ -516,6 +528,31 @@ impl ClusterState {
         Outcome::LeaseGranted { epoch }
     }
 
+    fn mark_removing(&mut self, name: MemberName) -> Outcome {
+        let reject = |reason| Outcome::Rejected { reason };
+        let Some(member) = self.members.get(&name) else {
+            return reject(Rejection::UnknownMember { member: name });
+        };
+        if self.lease.as_ref().is_some_and(|l| l.holder == name) {
+            return reject(Rejection::HoldsLease { member: name });
+        }
+        let other_voters = self
+            .members
+            .values()
+            .filter(|m| m.name != name && m.membership == RaftMembership::Voter && !m.removing)
+            .count();
+        if member.membership == RaftMembership::Voter && other_voters == 0 {
+            return reject(Rejection::LastVoter { member: name });
+        }
+        if member.membership == RaftMembership::Pending {
+            // Never entered Raft: nothing to reconfigure.
+            self.members.remove(&name);
+        } else if let Some(m) = self.members.get_mut(&name) {
+            m.removing = true;
+        }
+        Outcome::Accepted
+    }
+
     fn join(&mut self, token_hash: String, now_ms: u64, m: NewMember) -> Outcome {
         let reject = |reason| Outcome::Rejected { reason };
         let Some(token) = self.tokens.get(&token_hash) else {
@@ -561,6 +598,7 @@ impl ClusterState {
                 tags: m.tags,
                 version: m.version,
                 status: None,
+                removing: false,
             },
         );
         Outcome::Joined { node_id }
@@ -1110,6 +1148,38 @@ mod tests {
             member: new_member("n2", 8000),
         });
         assert_eq!(out, Outcome::Joined { node_id: NodeId(4) });
+    }
+
+    #[test]
+    fn removal_is_refused_for_the_lease_holder_and_the_last_voter() {
+        let mut s = St::three().held("n2", 1, 1).0;
+        assert_eq!(
+            s.apply(Command::RemoveMember { name: name("n2") }),
+            Outcome::Rejected { reason: Rejection::HoldsLease { member: name("n2") } }
+        );
+        assert_eq!(
+            s.apply(Command::RemoveMember { name: name("zz") }),
+            Outcome::Rejected { reason: Rejection::UnknownMember { member: name("zz") } }
+        );
+        // n2 and n3 are still Pending (never entered Raft): removing them drops them at once.
+        assert_eq!(s.apply(Command::RemoveMember { name: name("n3") }), Outcome::Accepted);
+        assert!(!s.members.contains_key(&name("n3")));
+        let mut one = St::one().0;
+        assert_eq!(
+            one.apply(Command::RemoveMember { name: name("n1") }),
+            Outcome::Rejected { reason: Rejection::LastVoter { member: name("n1") } }
+        );
+    }
+
+    #[test]
+    fn removal_of_a_voter_marks_it_until_raft_applies_the_change() {
+        let mut s = St::three().0;
+        let id = s.members[&name("n2")].node_id;
+        s.apply(Command::SetMembership { node_id: id, membership: Some(RaftMembership::Voter) });
+        assert_eq!(s.apply(Command::RemoveMember { name: name("n2") }), Outcome::Accepted);
+        assert!(s.members[&name("n2")].removing);
+        s.apply(Command::SetMembership { node_id: id, membership: None });
+        assert!(!s.members.contains_key(&name("n2")));
     }
 
     #[test]

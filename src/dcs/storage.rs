@@ -48,4 +48,7 @@ pub trait LogStore: raft::Storage {
     ) -> Result<(), StorageError>;
     /// The latest stored snapshot (possibly empty for a joiner that has none yet).
     fn latest_snapshot(&self) -> Snapshot;
+    /// Raft asked for a snapshot newer than the stored one (`Storage::snapshot` answered
+    /// "temporarily unavailable"): the node should create one now.
+    fn snapshot_requested(&self) -> bool;
 }

@@ -1,0 +1,8 @@
+//! The HTTPS REST API: the server (`server`), its errors, the bodies shared with `pgha ctl`
+//! (`model`), the join token format (`token`) and the client used by ctl, join and peers.
+
+pub mod client;
+pub mod error;
+pub mod model;
+pub mod server;
+pub mod token;
