@@ -4,4 +4,5 @@
 pub mod clock;
 pub mod config;
 pub mod dcs;
+pub mod tls;
 pub mod types;
