@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod ctl;
 pub mod dcs;
 pub mod sys;
 pub mod tls;

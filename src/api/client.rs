@@ -26,7 +26,7 @@ pub enum ClientError {
     Refused { endpoint: String, status: u16, message: String, body: Option<ApiErrorBody> },
     #[error("{endpoint} sent an unreadable answer: {detail}")]
     BadResponse { endpoint: String, detail: String },
-    #[error("no endpoint answered:\n  {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
+    #[error("no endpoint answered: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     AllFailed(Vec<ClientError>),
 }
 
@@ -107,11 +107,12 @@ impl ApiClient {
             let _ = tcp.set_nodelay(true);
             let host = endpoint.rsplit_once(':').map(|(h, _)| h).unwrap_or(endpoint);
             let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = tls::server_name(host).map_err(|e| unreachable(e.to_string()))?;
             let tls = self
                 .connector
-                .connect(tls::server_name(host), tcp)
+                .connect(name, tcp)
                 .await
-                .map_err(|e| unreachable(format!("TLS: {e}")))?;
+                .map_err(|e| unreachable(format!("TLS: {}", tls::describe_handshake_error(&e))))?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;

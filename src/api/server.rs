@@ -12,7 +12,7 @@ use super::token::{self, JoinToken};
 use crate::clock;
 use crate::dcs::handle::Handle;
 use crate::dcs::state::{ClusterState, Command, Member, Outcome, RaftMembership};
-use crate::tls::{pki, NodeTls};
+use crate::tls::pki;
 use crate::types::MemberName;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{Method, StatusCode};
@@ -55,14 +55,14 @@ pub fn router(ctx: ApiContext) -> Router {
         .with_state(ctx)
 }
 
-/// Serves the API on `addr` until `shutdown` fires.
+/// Serves the API on `listener` (non-blocking) until `shutdown` fires.
 pub async fn serve(
     listener: std::net::TcpListener,
-    node_tls: &NodeTls,
+    tls: Arc<rustls::ServerConfig>,
     ctx: ApiContext,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let config = axum_server::tls_rustls::RustlsConfig::from_config(crate::tls::api_server_config(node_tls));
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {
@@ -188,7 +188,7 @@ async fn create_token(
     let expires_at_ms = clock::wall_now_ms() + ttl * 1000;
     let outcome = ctx.dcs.propose(Command::CreateToken { hash: token::secret_hash(&secret), expires_at_ms }).await?;
     outcome_or_conflict(outcome)?;
-    let token = JoinToken { v: 1, fp: pki::fingerprint(&st.ca.cert_pem)?, api: api_addresses(&st, &ctx.me), secret };
+    let token = JoinToken { v: 1, scope: ctx.scope.clone(), fp: pki::fingerprint(&st.ca.cert_pem)?, api: api_addresses(&st, &ctx.me), secret };
     Ok(Json(TokenResponse { token: token.encode(), expires_at_ms }))
 }
 

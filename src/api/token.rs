@@ -1,4 +1,4 @@
-//! The join token: base64url of JSON `{v, fp, api, secret}` — the CA fingerprint the joiner
+//! The join token: base64url of JSON `{v, scope, fp, api, secret}` — the CA fingerprint the joiner
 //! pins, the API addresses of members to try, and a one-time secret. The cluster stores only
 //! the SHA-256 of the secret, so the replicated state (and its snapshots) never holds a usable
 //! token.
@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct JoinToken {
     pub v: u32,
+    /// The cluster's scope (the joiner's certificate names it).
+    pub scope: String,
     /// Hex SHA-256 of the cluster CA certificate (DER).
     pub fp: String,
     /// REST API addresses (`host:port`) of members at the time the token was made.
@@ -67,7 +69,7 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_bad_ones_say_why() {
-        let t = JoinToken { v: 1, fp: "a".repeat(64), api: vec!["127.0.0.1:8008".into()], secret: new_secret() };
+        let t = JoinToken { v: 1, scope: "s".into(), fp: "a".repeat(64), api: vec!["127.0.0.1:8008".into()], secret: new_secret() };
         assert_eq!(JoinToken::decode(&t.encode()).unwrap(), t);
         assert_eq!(JoinToken::decode("%%%"), Err(TokenError::Encoding));
         assert!(matches!(JoinToken::decode(&URL_SAFE_NO_PAD.encode(b"{}")), Err(TokenError::Malformed(_))));

@@ -145,7 +145,7 @@ pub fn run(args: InitArgs) -> Result<()> {
     w.write(&cfg.ctl.certfile, ctl.cert_pem.as_bytes(), 0o644)?;
     w.write(&cfg.ctl.keyfile, ctl.key_pem.as_bytes(), 0o600)?;
     bootstrap::create_store(&raft_dir, &st, NodeId(1))?;
-    MemberMeta { scope: scope.clone(), name: cfg.name.clone(), node_id: NodeId(1), incarnation }.save(&raft_dir)?;
+    MemberMeta { scope: scope.clone(), name: cfg.name.clone(), node_id: NodeId(1), incarnation, seed_peers: Vec::new() }.save(&raft_dir)?;
     w.add_tree(&raft_dir);
     if let Some(text) = new_text {
         w.write(&path, text.as_bytes(), 0o644)?;

@@ -9,7 +9,12 @@ pub fn init(cfg: Option<&LogConfig>) {
     let filter = EnvFilter::try_from_env("PGHA_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let json = cfg.is_some_and(|c| matches!(c.format, LogFormat::Json));
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
     let _ = if json {
         builder.json().try_init()
     } else if journal {

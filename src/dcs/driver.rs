@@ -60,6 +60,7 @@ pub async fn run<S: LogStore>(
     mut io: DriverIo,
     mut outbox: Outbox,
     mut shutdown: watch::Receiver<bool>,
+    seed_peers: Vec<(NodeId, String)>,
 ) -> Result<(), CoreError> {
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -69,9 +70,13 @@ pub async fn run<S: LogStore>(
         reads_ready: Vec::new(),
         next_read: 1,
     };
-    if let Some(s) = core.state() {
-        outbox.set_incarnation(s.incarnation.clone());
-        outbox.sync_members(s);
+    match core.state() {
+        Some(s) => {
+            outbox.set_incarnation(s.incarnation.clone());
+            outbox.sync_members(s);
+        }
+        // A joiner before its first snapshot: answer the members it joined through.
+        None => outbox.sync_peers(seed_peers),
     }
     let mut stopping: Option<clock::BootInstant> = None;
     loop {

@@ -16,6 +16,10 @@ pub struct MemberMeta {
     pub name: MemberName,
     pub node_id: NodeId,
     pub incarnation: String,
+    /// Raft addresses of the members at join time: a joiner has no cluster state until the
+    /// leader's snapshot arrives, and needs somewhere to send its answers until then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seed_peers: Vec<(NodeId, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +92,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pgha-meta-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         assert!(matches!(MemberMeta::load(&dir), Err(MetaError::Missing { .. })));
-        let m = MemberMeta { scope: "s".into(), name: MemberName::new("n1").unwrap(), node_id: NodeId(3), incarnation: "i".into() };
+        let m = MemberMeta { scope: "s".into(), name: MemberName::new("n1").unwrap(), node_id: NodeId(3), incarnation: "i".into(), seed_peers: vec![(NodeId(1), "127.0.0.1:1".into())] };
         m.save(&dir).unwrap();
         assert_eq!(MemberMeta::load(&dir).unwrap(), m);
         std::fs::write(MemberMeta::path(&dir), b"{").unwrap();

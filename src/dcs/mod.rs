@@ -5,10 +5,14 @@
 pub mod bootstrap;
 pub mod codec;
 pub mod driver;
+pub mod file_store;
 pub mod handle;
 pub mod lease;
+pub mod mem_store;
 pub mod meta;
 pub mod node;
+mod record;
+pub mod raft_log;
 pub mod state;
 pub mod storage;
 pub mod transport;

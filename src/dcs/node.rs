@@ -32,6 +32,9 @@ use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// Entries a learner may lag behind the commit index and still be promoted to voter.
+const LEARNER_SLACK: u64 = 8;
+
 /// How a node's Raft runs. Tick length is the driver's; these are in ticks.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -252,7 +255,8 @@ impl<S: LogStore> RaftCore<S> {
         let role = match r.state {
             StateRole::Leader => RaftRole::Leader,
             StateRole::Candidate | StateRole::PreCandidate => RaftRole::Candidate,
-            StateRole::Follower if self.conf_state.get_learners().contains(&self.cfg.id.0) => {
+            // A joiner not yet in the configuration it knows of cannot vote either.
+            StateRole::Follower if !self.conf_state.get_voters().contains(&self.cfg.id.0) => {
                 RaftRole::Learner
             }
             StateRole::Follower => RaftRole::Follower,
@@ -451,12 +455,14 @@ impl<S: LogStore> RaftCore<S> {
                 change = Some((id, ConfChangeType::AddLearnerNode));
                 break;
             } else if m.membership == RaftMembership::Learner {
+                // Promote only a learner that holds (nearly) everything committed: promoting one
+                // that is far behind would make the cluster wait on it for its quorum.
                 let caught_up = self
                     .raw
                     .raft
                     .prs()
                     .get(id)
-                    .is_some_and(|pr| pr.matched + self.cfg.retain_entries / 2 >= committed);
+                    .is_some_and(|pr| pr.matched > 0 && pr.matched + LEARNER_SLACK >= committed);
                 if caught_up {
                     change = Some((id, ConfChangeType::AddNode));
                     break;

@@ -422,19 +422,13 @@ impl ClusterState {
                 hash,
                 expires_at_ms,
             } => {
-                if self.tokens.contains_key(&hash) {
-                    Outcome::Rejected {
-                        reason: Rejection::DuplicateToken,
+                use std::collections::btree_map::Entry;
+                match self.tokens.entry(hash) {
+                    Entry::Occupied(_) => Outcome::Rejected { reason: Rejection::DuplicateToken },
+                    Entry::Vacant(v) => {
+                        v.insert(JoinToken { expires_at_ms, used_by: None });
+                        Outcome::Accepted
                     }
-                } else {
-                    self.tokens.insert(
-                        hash,
-                        JoinToken {
-                            expires_at_ms,
-                            used_by: None,
-                        },
-                    );
-                    Outcome::Accepted
                 }
             }
             Command::Join {

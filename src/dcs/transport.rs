@@ -17,6 +17,7 @@ use super::codec::{self, Hello};
 use super::state::ClusterState;
 use crate::clock::{self, BootInstant};
 use crate::tls::{self, pki, NodeTls};
+pub use tokio_rustls::TlsAcceptor as RaftAcceptor;
 use crate::types::{MemberName, NodeId};
 use raft::eraftpb::Message;
 use std::collections::BTreeMap;
@@ -88,14 +89,14 @@ impl Outbox {
         node_tls: &NodeTls,
         unreachable: mpsc::Sender<NodeId>,
         reach: Reachability,
-    ) -> Outbox {
-        Outbox {
+    ) -> Result<Outbox, tls::TlsError> {
+        Ok(Outbox {
             me,
-            connector: TlsConnector::from(tls::raft_client_config(node_tls)),
+            connector: TlsConnector::from(tls::raft_client_config(node_tls)?),
             peers: BTreeMap::new(),
             unreachable,
             reach,
-        }
+        })
     }
 
     pub fn set_incarnation(&mut self, incarnation: String) {
@@ -107,12 +108,13 @@ impl Outbox {
 
     /// Keeps one peer task per other member, at its current address.
     pub fn sync_members(&mut self, state: &ClusterState) {
-        let wanted: BTreeMap<NodeId, String> = state
-            .members
-            .values()
-            .filter(|m| m.node_id != self.me.node_id)
-            .map(|m| (m.node_id, m.raft_address.clone()))
-            .collect();
+        self.sync_peers(state.members.values().map(|m| (m.node_id, m.raft_address.clone())).collect());
+    }
+
+    /// Keeps one peer task per entry of `(node id, raft address)`, except ourselves.
+    pub fn sync_peers(&mut self, peers: Vec<(NodeId, String)>) {
+        let wanted: BTreeMap<NodeId, String> =
+            peers.into_iter().filter(|(id, _)| *id != self.me.node_id).collect();
         self.peers.retain(|id, p| wanted.get(id) == Some(&p.address));
         for (id, address) in wanted {
             if !self.peers.contains_key(&id) {
@@ -214,10 +216,11 @@ async fn connect(me: &LocalIdentity, connector: &TlsConnector, address: &str) ->
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(tls::server_name(host), tcp))
+    let name = tls::server_name(host).map_err(|e| e.to_string())?;
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
-        .map_err(|e| format!("TLS handshake: {e}"))?;
+        .map_err(|e| format!("TLS handshake: {}", tls::describe_handshake_error(&e)))?;
     let mut conn = BufWriter::new(tls);
     let hello = Hello { incarnation: me.incarnation.clone(), node_id: me.node_id, name: me.name.clone() };
     codec::write_frame(&mut conn, &serde_json::to_vec(&hello).expect("hello encodes"))
@@ -258,12 +261,11 @@ fn admit(
 /// Accepts peer connections until the listener fails; forwards their messages to `inbox`.
 pub async fn serve(
     listener: TcpListener,
-    node_tls: &NodeTls,
+    acceptor: TlsAcceptor,
     me: LocalIdentity,
     state: watch::Receiver<Option<Arc<ClusterState>>>,
     inbox: mpsc::Sender<Message>,
 ) {
-    let acceptor = TlsAcceptor::from(tls::raft_server_config(node_tls));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
     loop {
         let (tcp, addr) = match listener.accept().await {
@@ -299,14 +301,8 @@ async fn inbound(
     let mut tls = tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
-        .map_err(|e| format!("TLS handshake: {e}"))?;
-    let cert = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first().cloned())
-        .ok_or("no client certificate")?;
-    let identity = pki::peer_identity(cert.as_ref(), &me.scope).map_err(|e| e.to_string())?;
+        .map_err(|e| format!("TLS handshake: {}", tls::describe_handshake_error(&e)))?;
+    let identity = tls::peer_identity_from_conn(tls.get_ref().1, &me.scope).map_err(|e| e.to_string())?;
     if identity.role != pki::Role::Member {
         return Err(format!("{} presented a {:?} certificate, not a member certificate", identity.name, identity.role));
     }
