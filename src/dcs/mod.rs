@@ -1,7 +1,11 @@
 //! The consensus store: a Raft member (tikv `raft`) replicating [`state::ClusterState`].
-//! Only `node`, `storage`, `transport` and `codec` name `raft::` types; everyone else uses
+//! Only `node`, `storage` (with its implementations `mem_store` and `file_store`, and the
+//! on-disk `record` format), `transport` and `codec` name `raft::` types; everyone else uses
 //! [`handle::Handle`].
 
+pub mod file_store;
 pub mod lease;
+pub mod mem_store;
+mod record;
 pub mod state;
 pub mod storage;
