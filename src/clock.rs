@@ -70,9 +70,6 @@ mod tests {
         let a = boot_now();
         let b = boot_now();
         assert!(b >= a);
-        assert_eq!(
-            a.saturating_since(b + Duration::from_secs(1)),
-            Duration::ZERO
-        );
+        assert_eq!(a.saturating_since(b + Duration::from_secs(1)), Duration::ZERO);
     }
 }

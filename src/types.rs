@@ -22,8 +22,7 @@ impl MemberName {
         let s = s.into();
         let ok = !s.is_empty()
             && s.len() <= 63
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if ok {
             Ok(MemberName(s))
         } else {
@@ -71,9 +70,7 @@ impl fmt::Display for NodeId {
 }
 
 /// The primary lease's epoch: increases by one at every accepted acquire, never reused.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct LeaseEpoch(pub u64);
 
@@ -89,9 +86,7 @@ impl fmt::Display for LeaseEpoch {
 }
 
 /// A WAL position. Displays and parses as Postgres does (`0/3000148`).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Lsn(pub u64);
 
@@ -119,9 +114,7 @@ impl FromStr for Lsn {
 }
 
 /// A Postgres timeline id.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Timeline(pub u32);
 
@@ -137,11 +130,7 @@ mod tests {
 
     #[test]
     fn lsn_round_trips_in_postgres_notation() {
-        for (text, value) in [
-            ("0/0", 0u64),
-            ("0/3000148", 0x3000148),
-            ("1A/FF", (0x1a << 32) | 0xff),
-        ] {
+        for (text, value) in [("0/0", 0u64), ("0/3000148", 0x3000148), ("1A/FF", (0x1a << 32) | 0xff)] {
             let lsn: Lsn = text.parse().unwrap();
             assert_eq!(lsn, Lsn(value));
             assert_eq!(lsn.to_string(), text.to_uppercase().replace("0X", ""));

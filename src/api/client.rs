@@ -63,7 +63,11 @@ impl ApiClient {
         self.call(Method::GET, path, None::<&()>).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<(String, T), ClientError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(String, T), ClientError> {
         self.call(Method::POST, path, Some(body)).await
     }
 
@@ -100,8 +104,15 @@ impl ApiClient {
         }
     }
 
-    async fn once(&self, endpoint: &str, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes, ClientError> {
-        let unreachable = |detail: String| ClientError::Unreachable { endpoint: endpoint.to_string(), detail };
+    async fn once(
+        &self,
+        endpoint: &str,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let unreachable =
+            |detail: String| ClientError::Unreachable { endpoint: endpoint.to_string(), detail };
         let work = async {
             let tcp = TcpStream::connect(endpoint).await.map_err(|e| unreachable(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
@@ -135,7 +146,10 @@ impl ApiClient {
             let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
                 .collect()
                 .await
-                .map_err(|e| ClientError::BadResponse { endpoint: endpoint.to_string(), detail: e.to_string() })?
+                .map_err(|e| ClientError::BadResponse {
+                    endpoint: endpoint.to_string(),
+                    detail: e.to_string(),
+                })?
                 .to_bytes();
             if status.is_success() {
                 Ok(bytes)

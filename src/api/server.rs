@@ -81,10 +81,7 @@ async fn require_client_cert(State(ctx): State<ApiContext>, req: Request, next: 
         return next.run(req).await;
     }
     let path = req.uri().path().to_string();
-    let cert = req
-        .extensions()
-        .get::<Arc<TlsInfo>>()
-        .and_then(|i| i.peer_certificates.first().cloned());
+    let cert = req.extensions().get::<Arc<TlsInfo>>().and_then(|i| i.peer_certificates.first().cloned());
     let Some(cert) = cert else {
         tracing::warn!(%method, %path, "refused: no client certificate");
         return ApiError::NoClientCert.into_response();
@@ -186,9 +183,16 @@ async fn create_token(
     let st = state(&ctx)?;
     let secret = token::new_secret();
     let expires_at_ms = clock::wall_now_ms() + ttl * 1000;
-    let outcome = ctx.dcs.propose(Command::CreateToken { hash: token::secret_hash(&secret), expires_at_ms }).await?;
+    let outcome =
+        ctx.dcs.propose(Command::CreateToken { hash: token::secret_hash(&secret), expires_at_ms }).await?;
     outcome_or_conflict(outcome)?;
-    let token = JoinToken { v: 1, scope: ctx.scope.clone(), fp: pki::fingerprint(&st.ca.cert_pem)?, api: api_addresses(&st, &ctx.me), secret };
+    let token = JoinToken {
+        v: 1,
+        scope: ctx.scope.clone(),
+        fp: pki::fingerprint(&st.ca.cert_pem)?,
+        api: api_addresses(&st, &ctx.me),
+        secret,
+    };
     Ok(Json(TokenResponse { token: token.encode(), expires_at_ms }))
 }
 
@@ -205,20 +209,33 @@ fn hosts_of(req: &JoinRequest) -> Vec<String> {
     [Some(&m.api_address), Some(&m.raft_address), m.pg_address.as_ref()]
         .into_iter()
         .flatten()
-        .filter_map(|a| a.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string()))
+        .filter_map(|a| {
+            a.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        })
         .collect()
 }
 
-async fn join(State(ctx): State<ApiContext>, Json(req): Json<JoinRequest>) -> Result<Json<JoinResponse>, ApiError> {
+async fn join(
+    State(ctx): State<ApiContext>,
+    Json(req): Json<JoinRequest>,
+) -> Result<Json<JoinResponse>, ApiError> {
     let st = state(&ctx)?;
     let ca = pki::CaPem { cert_pem: st.ca.cert_pem.clone(), key_pem: st.ca.key_pem.clone() };
     // Sign before admitting: a CSR that breaks policy changes nothing. The certificates are
     // returned only if the join is accepted.
-    let member_id = pki::Identity { scope: ctx.scope.clone(), role: pki::Role::Member, name: req.member.name.clone() };
-    let client_id = pki::Identity { scope: ctx.scope.clone(), role: pki::Role::Client, name: req.member.name.clone() };
-    let cert_pem = pki::sign_csr(&ca, &req.csr_pem, &member_id, &hosts_of(&req)).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let ctl_cert_pem = pki::sign_csr(&ca, &req.ctl_csr_pem, &client_id, &[]).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let cmd = Command::Join { token_hash: token::secret_hash(&req.secret), now_ms: clock::wall_now_ms(), member: req.member.clone() };
+    let member_id =
+        pki::Identity { scope: ctx.scope.clone(), role: pki::Role::Member, name: req.member.name.clone() };
+    let client_id =
+        pki::Identity { scope: ctx.scope.clone(), role: pki::Role::Client, name: req.member.name.clone() };
+    let cert_pem = pki::sign_csr(&ca, &req.csr_pem, &member_id, &hosts_of(&req))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let ctl_cert_pem = pki::sign_csr(&ca, &req.ctl_csr_pem, &client_id, &[])
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let cmd = Command::Join {
+        token_hash: token::secret_hash(&req.secret),
+        now_ms: clock::wall_now_ms(),
+        member: req.member.clone(),
+    };
     let node_id = match ctx.dcs.propose(cmd).await? {
         Outcome::Joined { node_id } => node_id,
         Outcome::Rejected { reason } => {
@@ -232,7 +249,12 @@ async fn join(State(ctx): State<ApiContext>, Json(req): Json<JoinRequest>) -> Re
     let members = st
         .members
         .values()
-        .map(|m| PeerInfo { name: m.name.to_string(), node_id: m.node_id, api_address: m.api_address.clone(), raft_address: m.raft_address.clone() })
+        .map(|m| PeerInfo {
+            name: m.name.to_string(),
+            node_id: m.node_id,
+            api_address: m.api_address.clone(),
+            raft_address: m.raft_address.clone(),
+        })
         .collect();
     Ok(Json(JoinResponse {
         node_id,
@@ -246,7 +268,10 @@ async fn join(State(ctx): State<ApiContext>, Json(req): Json<JoinRequest>) -> Re
     }))
 }
 
-async fn remove_member(State(ctx): State<ApiContext>, Path(name): Path<String>) -> Result<(StatusCode, Json<Done>), ApiError> {
+async fn remove_member(
+    State(ctx): State<ApiContext>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Done>), ApiError> {
     let name = MemberName::new(name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let outcome = ctx.dcs.propose(Command::RemoveMember { name: name.clone() }).await?;
     outcome_or_conflict(outcome)?;
@@ -256,12 +281,19 @@ async fn remove_member(State(ctx): State<ApiContext>, Path(name): Path<String>) 
     ))
 }
 
-async fn transfer(State(ctx): State<ApiContext>, body: Option<Json<TransferRequest>>) -> Result<Json<Done>, ApiError> {
+async fn transfer(
+    State(ctx): State<ApiContext>,
+    body: Option<Json<TransferRequest>>,
+) -> Result<Json<Done>, ApiError> {
     let st = state(&ctx)?;
     let status = ctx.dcs.status().await?;
     let to = match body.and_then(|Json(b)| b.to) {
         Some(n) => {
-            let m = st.members.values().find(|m| m.name.as_str() == n).ok_or_else(|| ApiError::NotFound(format!("no member named {n}")))?;
+            let m = st
+                .members
+                .values()
+                .find(|m| m.name.as_str() == n)
+                .ok_or_else(|| ApiError::NotFound(format!("no member named {n}")))?;
             if m.membership != RaftMembership::Voter {
                 return Err(ApiError::Conflict(format!("{n} is not a voter; only voters can lead")));
             }

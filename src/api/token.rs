@@ -23,7 +23,9 @@ pub struct JoinToken {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
-    #[error("the join token is not valid base64url: copy it whole from `pgha init` or `pgha ctl token create`")]
+    #[error(
+        "the join token is not valid base64url: copy it whole from `pgha init` or `pgha ctl token create`"
+    )]
     Encoding,
     #[error("the join token is malformed ({0}): copy it whole from `pgha init` or `pgha ctl token create`")]
     Malformed(String),
@@ -38,7 +40,8 @@ impl JoinToken {
 
     pub fn decode(text: &str) -> Result<JoinToken, TokenError> {
         let bytes = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| TokenError::Encoding)?;
-        let t: JoinToken = serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let t: JoinToken =
+            serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed(e.to_string()))?;
         if t.v != 1 {
             return Err(TokenError::Version(t.v));
         }
@@ -69,7 +72,13 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_bad_ones_say_why() {
-        let t = JoinToken { v: 1, scope: "s".into(), fp: "a".repeat(64), api: vec!["127.0.0.1:8008".into()], secret: new_secret() };
+        let t = JoinToken {
+            v: 1,
+            scope: "s".into(),
+            fp: "a".repeat(64),
+            api: vec!["127.0.0.1:8008".into()],
+            secret: new_secret(),
+        };
         assert_eq!(JoinToken::decode(&t.encode()).unwrap(), t);
         assert_eq!(JoinToken::decode("%%%"), Err(TokenError::Encoding));
         assert!(matches!(JoinToken::decode(&URL_SAFE_NO_PAD.encode(b"{}")), Err(TokenError::Malformed(_))));

@@ -164,7 +164,15 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units_and_refuse_garbage() {
-        let cases = [("3600", Some(3600)), ("30m", Some(1800)), ("1h", Some(3600)), ("2d", Some(172800)), ("5x", None), ("h", None), ("", None)];
+        let cases = [
+            ("3600", Some(3600)),
+            ("30m", Some(1800)),
+            ("1h", Some(3600)),
+            ("2d", Some(172800)),
+            ("5x", None),
+            ("h", None),
+            ("", None),
+        ];
         for (text, want) in cases {
             assert_eq!(parse_duration(text).ok().map(|d| d.as_secs()), want, "{text:?}");
         }

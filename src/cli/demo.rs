@@ -107,14 +107,19 @@ async fn run_once(args: &[&str]) -> Result<String> {
 }
 
 fn start(node: &mut Node) -> Result<()> {
-    let log = std::fs::File::create(&node.log).with_context(|| format!("cannot create {}", node.log.display()))?;
+    let log =
+        std::fs::File::create(&node.log).with_context(|| format!("cannot create {}", node.log.display()))?;
     let config = node.config.display().to_string();
     let child = pgha(&["run", "--config", &config])?.stdout(Stdio::null()).stderr(log).spawn()?;
     node.child = Some(child);
     Ok(())
 }
 
-async fn wait_for<T>(what: &str, deadline: Duration, mut probe: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
+async fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut probe: impl AsyncFnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let start = clock::boot_now();
     let mut last = String::from("nothing yet");
     loop {
@@ -185,8 +190,7 @@ async fn demo(args: &DemoArgs, root: &Path, nodes: &mut Vec<Node>) -> Result<()>
         if i > 1 {
             let f = first.clone();
             token = wait_for("a join token", Duration::from_secs(20), async || {
-                let (_, t): (_, TokenResponse) =
-                    f.post("/token", &TokenRequest { ttl: Some(600) }).await?;
+                let (_, t): (_, TokenResponse) = f.post("/token", &TokenRequest { ttl: Some(600) }).await?;
                 Ok(Some(t.token))
             })
             .await?;
@@ -207,14 +211,21 @@ async fn demo(args: &DemoArgs, root: &Path, nodes: &mut Vec<Node>) -> Result<()>
             && rows.iter().all(|r| {
                 r.reachable
                     && (r.role == "leader" || r.role == "follower")
-                    && r.applied_index.is_some_and(|a| a > 0 && Some(a) >= leader_commit.map(|c| c.saturating_sub(2)))
+                    && r.applied_index
+                        .is_some_and(|a| a > 0 && Some(a) >= leader_commit.map(|c| c.saturating_sub(2)))
             });
         Ok(ok.then_some(rows))
     })
     .await?;
     println!("{}", members_output(Format::Table, &rows));
     for node in nodes.iter() {
-        println!("{}: REST API https://{}  Raft {}  log {}", node.name, node.api, node.raft, node.log.display());
+        println!(
+            "{}: REST API https://{}  Raft {}  log {}",
+            node.name,
+            node.api,
+            node.raft,
+            node.log.display()
+        );
     }
     println!(
         "\nTry:  pgha ctl --config {} members\n      kill -9 the leader's pgha (see the logs) and watch another take over.\nCtrl-C stops the cluster and removes {}.",
@@ -234,7 +245,10 @@ async fn demo(args: &DemoArgs, root: &Path, nodes: &mut Vec<Node>) -> Result<()>
 async fn stop_all(nodes: &mut [Node]) {
     for node in nodes.iter() {
         if let Some(pid) = node.child.as_ref().and_then(|c| c.id()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
     }
     for node in nodes.iter_mut() {

@@ -24,7 +24,9 @@ impl Written {
             .mode(mode)
             .open(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(contents).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(contents)
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
         self.0.push(path.to_path_buf());
         Ok(())

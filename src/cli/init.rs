@@ -33,7 +33,13 @@ pub struct InitArgs {
 
 /// Host part of `host:port` (brackets of IPv6 removed).
 pub fn host_of(address: &str) -> String {
-    address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address).trim_start_matches('[').trim_end_matches(']').to_string()
+    address
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(address)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// A config file text for a node made from flags, with pgha's default ports.
@@ -52,17 +58,31 @@ pub fn config_from_flags(scope: &str, name: &str, advertise: &str, witness: bool
 
 /// Loads the config file if it exists (flags must agree with it), else builds one from flags.
 /// Returns the config and its text when it is new (to be written).
-pub fn load_or_build(path: &Path, name: Option<&str>, scope: Option<&str>, advertise: Option<&str>, witness: bool) -> Result<(LocalConfig, Option<String>)> {
+pub fn load_or_build(
+    path: &Path,
+    name: Option<&str>,
+    scope: Option<&str>,
+    advertise: Option<&str>,
+    witness: bool,
+) -> Result<(LocalConfig, Option<String>)> {
     if path.exists() {
         let cfg = LocalConfig::load(path)?;
         if let Some(n) = name {
             if n != cfg.name.as_str() {
-                bail!("--name {n} disagrees with name: {} in {}; drop the flag or edit the file", cfg.name, path.display());
+                bail!(
+                    "--name {n} disagrees with name: {} in {}; drop the flag or edit the file",
+                    cfg.name,
+                    path.display()
+                );
             }
         }
         if let Some(s) = scope {
             if s != cfg.scope {
-                bail!("--scope {s} disagrees with scope: {} in {}; drop the flag or edit the file", cfg.scope, path.display());
+                bail!(
+                    "--scope {s} disagrees with scope: {} in {}; drop the flag or edit the file",
+                    cfg.scope,
+                    path.display()
+                );
             }
         }
         if witness && !cfg.witness {
@@ -70,8 +90,18 @@ pub fn load_or_build(path: &Path, name: Option<&str>, scope: Option<&str>, adver
         }
         return Ok((cfg, None));
     }
-    let name = name.with_context(|| format!("{} does not exist: give --name and --advertise to create it, or write it first", path.display()))?;
-    let advertise = advertise.with_context(|| format!("{} does not exist: give --advertise (an IP or DNS name other nodes can reach)", path.display()))?;
+    let name = name.with_context(|| {
+        format!(
+            "{} does not exist: give --name and --advertise to create it, or write it first",
+            path.display()
+        )
+    })?;
+    let advertise = advertise.with_context(|| {
+        format!(
+            "{} does not exist: give --advertise (an IP or DNS name other nodes can reach)",
+            path.display()
+        )
+    })?;
     let text = config_from_flags(scope.unwrap_or("pgha"), name, advertise, witness);
     let cfg = LocalConfig::from_yaml_str(&text, path)?;
     Ok((cfg, Some(text)))
@@ -102,7 +132,8 @@ pub fn new_member(cfg: &LocalConfig) -> NewMember {
 
 pub fn run(args: InitArgs) -> Result<()> {
     let path = args.config.path();
-    let (cfg, new_text) = load_or_build(&path, args.name.as_deref(), args.scope.as_deref(), args.advertise.as_deref(), false)?;
+    let (cfg, new_text) =
+        load_or_build(&path, args.name.as_deref(), args.scope.as_deref(), args.advertise.as_deref(), false)?;
     let raft_dir = cfg.raft.data_dir.clone();
     if MemberMeta::exists(&raft_dir) {
         eprintln!(
@@ -145,14 +176,27 @@ pub fn run(args: InitArgs) -> Result<()> {
     w.write(&cfg.ctl.certfile, ctl.cert_pem.as_bytes(), 0o644)?;
     w.write(&cfg.ctl.keyfile, ctl.key_pem.as_bytes(), 0o600)?;
     bootstrap::create_store(&raft_dir, &st, NodeId(1))?;
-    MemberMeta { scope: scope.clone(), name: cfg.name.clone(), node_id: NodeId(1), incarnation, seed_peers: Vec::new() }.save(&raft_dir)?;
+    MemberMeta {
+        scope: scope.clone(),
+        name: cfg.name.clone(),
+        node_id: NodeId(1),
+        incarnation,
+        seed_peers: Vec::new(),
+    }
+    .save(&raft_dir)?;
     w.add_tree(&raft_dir);
     if let Some(text) = new_text {
         w.write(&path, text.as_bytes(), 0o644)?;
     }
     w.hand_over(&cfg.user)?;
 
-    let token = JoinToken { v: 1, scope: scope.clone(), fp: pki::fingerprint(&ca.cert_pem)?, api: vec![cfg.restapi.connect_address().to_string()], secret };
+    let token = JoinToken {
+        v: 1,
+        scope: scope.clone(),
+        fp: pki::fingerprint(&ca.cert_pem)?,
+        api: vec![cfg.restapi.connect_address().to_string()],
+        secret,
+    };
     eprintln!(
         "Initialized cluster {scope} with member {name}. The CA key is kept in the replicated Raft state ({dir}), not in a separate file.\nStart this node (`systemctl enable --now pgha` or `pgha run --config {cfgpath}`), then on each other node run:\n  pgha join <TOKEN> --name <NAME> --advertise <ADDRESS>\nThe token below is valid for one hour and for one node; make more with `pgha ctl token create`.",
         name = cfg.name,

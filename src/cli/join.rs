@@ -32,8 +32,13 @@ pub struct JoinArgs {
 pub async fn run(args: JoinArgs) -> Result<()> {
     let token = JoinToken::decode(&args.token)?;
     let path = args.config.path();
-    let (cfg, new_text) =
-        load_or_build(&path, args.name.as_deref(), Some(&token.scope), args.advertise.as_deref(), args.witness)?;
+    let (cfg, new_text) = load_or_build(
+        &path,
+        args.name.as_deref(),
+        Some(&token.scope),
+        args.advertise.as_deref(),
+        args.witness,
+    )?;
     if MemberMeta::exists(&cfg.raft.data_dir) {
         bail!(
             "{} already belongs to a cluster ({} exists); to join again, stop pgha and remove {}",

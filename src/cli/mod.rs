@@ -2,8 +2,8 @@
 //! and in `main` only; everything below returns typed errors.
 
 pub mod ctl;
-pub mod files;
 pub mod demo;
+pub mod files;
 pub mod init;
 pub mod join;
 pub mod logging;

@@ -81,11 +81,8 @@ async fn serve(cfg: LocalConfig, force_new_cluster: bool) -> Result<()> {
     }
     let dir = &cfg.raft.data_dir;
     let logger = raft_log::logger();
-    let meta = if force_new_cluster {
-        bootstrap::force_new_cluster(dir, &logger)?
-    } else {
-        MemberMeta::load(dir)?
-    };
+    let meta =
+        if force_new_cluster { bootstrap::force_new_cluster(dir, &logger)? } else { MemberMeta::load(dir)? };
     if meta.name != cfg.name || meta.scope != cfg.scope {
         bail!(
             "{} belongs to member {} of cluster {}, but the config says name: {}, scope: {}",
@@ -125,9 +122,18 @@ async fn serve(cfg: LocalConfig, force_new_cluster: bool) -> Result<()> {
         dcs: handle.clone(),
         scope: cfg.scope.clone(),
         me: cfg.name.clone(),
-        peers: ApiClient::new(Vec::new(), tls::api_client_config(&node_tls.ca_der, None)?, Duration::from_secs(2)),
+        peers: ApiClient::new(
+            Vec::new(),
+            tls::api_client_config(&node_tls.ca_der, None)?,
+            Duration::from_secs(2),
+        ),
     };
-    let api = tokio::spawn(server::serve(api_listener, tls::api_server_config(&node_tls)?, ctx, shutdown_rx.clone()));
+    let api = tokio::spawn(server::serve(
+        api_listener,
+        tls::api_server_config(&node_tls)?,
+        ctx,
+        shutdown_rx.clone(),
+    ));
     let mut driver = tokio::spawn(driver::run(core, io, outbox, shutdown_rx, meta.seed_peers.clone()));
     tracing::info!(
         member = %cfg.name,

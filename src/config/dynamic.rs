@@ -83,20 +83,11 @@ impl Default for DynamicConfig {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DynamicConfigError {
     #[error("{key} = {value} is out of range: {fix}")]
-    OutOfRange {
-        key: &'static str,
-        value: u64,
-        fix: String,
-    },
+    OutOfRange { key: &'static str, value: u64, fix: String },
     #[error(
         "ttl = {ttl} must be larger than loop_wait ({loop_wait}) + retry_timeout ({retry_timeout}) + safety_margin ({margin}): raise ttl or lower the others"
     )]
-    TtlTooShort {
-        ttl: u64,
-        loop_wait: u64,
-        retry_timeout: u64,
-        margin: u64,
-    },
+    TtlTooShort { ttl: u64, loop_wait: u64, retry_timeout: u64, margin: u64 },
 }
 
 impl DynamicConfig {
@@ -127,12 +118,7 @@ impl DynamicConfig {
         range("ttl", self.ttl, 2, 3600)?;
         range("loop_wait", self.loop_wait, 1, 600)?;
         range("retry_timeout", self.retry_timeout, 1, 600)?;
-        range(
-            "synchronous_node_count",
-            self.synchronous_node_count as u64,
-            1,
-            64,
-        )?;
+        range("synchronous_node_count", self.synchronous_node_count as u64, 1, 64)?;
         if self.ttl <= self.loop_wait + self.retry_timeout + safety_margin_s {
             return Err(DynamicConfigError::TtlTooShort {
                 ttl: self.ttl,
@@ -164,12 +150,7 @@ mod tests {
             (30, 10, 10, 10, false),
         ];
         for (ttl, loop_wait, retry_timeout, margin, ok) in cases {
-            let c = DynamicConfig {
-                ttl,
-                loop_wait,
-                retry_timeout,
-                ..Default::default()
-            };
+            let c = DynamicConfig { ttl, loop_wait, retry_timeout, ..Default::default() };
             assert_eq!(
                 c.validate(margin).is_ok(),
                 ok,
@@ -180,17 +161,8 @@ mod tests {
 
     #[test]
     fn zero_values_name_the_key() {
-        let c = DynamicConfig {
-            loop_wait: 0,
-            ..Default::default()
-        };
+        let c = DynamicConfig { loop_wait: 0, ..Default::default() };
         let e = c.validate(2).unwrap_err();
-        assert!(matches!(
-            e,
-            DynamicConfigError::OutOfRange {
-                key: "loop_wait",
-                ..
-            }
-        ));
+        assert!(matches!(e, DynamicConfigError::OutOfRange { key: "loop_wait", .. }));
     }
 }

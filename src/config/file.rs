@@ -74,10 +74,7 @@ pub enum ConfigError {
          running pgha",
         path.display()
     )]
-    Unreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Unreadable { path: PathBuf, source: std::io::Error },
     /// YAML syntax, a type mismatch, an unknown or missing key. `message` is serde-saphyr's,
     /// with line, column and a snippet of the file.
     #[error("{}: {message}", path.display())]
@@ -148,10 +145,7 @@ pub struct RestApiConfig {
 
 impl Default for RestApiConfig {
     fn default() -> Self {
-        RestApiConfig {
-            listen: DEFAULT_RESTAPI_LISTEN.to_owned(),
-            connect_address: None,
-        }
+        RestApiConfig { listen: DEFAULT_RESTAPI_LISTEN.to_owned(), connect_address: None }
     }
 }
 
@@ -240,10 +234,7 @@ pub struct Authentication {
 
 impl Default for Authentication {
     fn default() -> Self {
-        let user = |name: &str| Credentials {
-            username: name.to_owned(),
-            password: None,
-        };
+        let user = |name: &str| Credentials { username: name.to_owned(), password: None };
         Authentication {
             superuser: user(DEFAULT_SUPERUSER),
             replication: user(DEFAULT_REPLICATION_USER),
@@ -454,11 +445,7 @@ pub struct BootstrapConfig {
 /// without changing `config::dynamic`; listing the fields here makes a key added there a compile
 /// error here, so the two cannot drift.
 #[derive(Serialize, Deserialize)]
-#[serde(
-    remote = "DynamicConfig",
-    deny_unknown_fields,
-    default = "DynamicConfig::default"
-)]
+#[serde(remote = "DynamicConfig", deny_unknown_fields, default = "DynamicConfig::default")]
 struct DynamicConfigDef {
     ttl: u64,
     loop_wait: u64,
@@ -476,14 +463,9 @@ impl LocalConfig {
     pub fn load(path: &Path) -> Result<LocalConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                ConfigError::NotFound {
-                    path: path.to_owned(),
-                }
+                ConfigError::NotFound { path: path.to_owned() }
             } else {
-                ConfigError::Unreadable {
-                    path: path.to_owned(),
-                    source,
-                }
+                ConfigError::Unreadable { path: path.to_owned(), source }
             }
         })?;
         LocalConfig::from_yaml_str(&text, path)
@@ -495,20 +477,19 @@ impl LocalConfig {
         // boolean is expected and stay strings elsewhere (Postgres parameters). Duplicate keys
         // are errors by default.
         let options = serde_saphyr::options! { strict_booleans: true };
-        let config: LocalConfig =
-            serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-                let name = path.display().to_string();
-                // The user-facing formatter: the default one suggests parser options to the
-                // developer ("set DuplicateKeyPolicy in Options").
-                let formatter = serde_saphyr::UserMessageFormatter;
-                ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: e.render_with_options(serde_saphyr::render_options! {
-                        formatter: &formatter,
-                        source_name: Some(name.as_str()),
-                    }),
-                }
-            })?;
+        let config: LocalConfig = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+            let name = path.display().to_string();
+            // The user-facing formatter: the default one suggests parser options to the
+            // developer ("set DuplicateKeyPolicy in Options").
+            let formatter = serde_saphyr::UserMessageFormatter;
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.render_with_options(serde_saphyr::render_options! {
+                    formatter: &formatter,
+                    source_name: Some(name.as_str()),
+                }),
+            }
+        })?;
         config.validate(path)?;
         Ok(config)
     }
@@ -610,10 +591,7 @@ bootstrap:
         assert_eq!(c.postgresql.listen, "0.0.0.0:5432");
         assert_eq!(c.postgresql.data_dir, Path::new("/var/lib/pgha/data"));
         assert_eq!(c.postgresql.bin_dir, None);
-        assert_eq!(
-            c.postgresql.authentication.replication.username,
-            "replicator"
-        );
+        assert_eq!(c.postgresql.authentication.replication.username, "replicator");
         assert_eq!(c.postgresql.authentication.superuser.password, None);
         assert_eq!(c.proxy.writer_listen(), Some("0.0.0.0:5000"));
         assert_eq!(c.proxy.replicas_listen(), Some("0.0.0.0:5001"));
@@ -636,10 +614,7 @@ bootstrap:
         assert_eq!(c.watchdog.mode, WatchdogMode::Required);
         assert_eq!(c.tags.failover_priority, Some(3));
         assert_eq!(c.bootstrap.dcs.ttl, 30);
-        assert_eq!(
-            c.bootstrap.dcs.retry_timeout,
-            DynamicConfig::default().retry_timeout
-        );
+        assert_eq!(c.bootstrap.dcs.retry_timeout, DynamicConfig::default().retry_timeout);
         assert_eq!(c.bootstrap.dcs.synchronous_mode, SynchronousMode::Quorum);
         assert!(!c.bootstrap.dcs.postgresql.use_slots);
         assert!(c.bootstrap.dcs.postgresql.use_pg_rewind);
@@ -663,14 +638,8 @@ bootstrap:
 
     #[test]
     fn bootstrap_dcs_keys_are_each_optional() {
-        let c = parse(&format!(
-            "{MINIMAL_YAML}bootstrap: {{dcs: {{pause: true}}}}\n"
-        ))
-        .unwrap();
-        let want = DynamicConfig {
-            pause: true,
-            ..DynamicConfig::default()
-        };
+        let c = parse(&format!("{MINIMAL_YAML}bootstrap: {{dcs: {{pause: true}}}}\n")).unwrap();
+        let want = DynamicConfig { pause: true, ..DynamicConfig::default() };
         assert_eq!(c.bootstrap.dcs, want);
         assert_eq!(c.bootstrap.dcs.ttl, DEFAULT_TTL_S);
     }
@@ -689,10 +658,7 @@ bootstrap:
         let env = Some(OsString::from("/b.yml"));
         assert_eq!(config_path(flag.clone(), env.clone()), Path::new("/a.yml"));
         assert_eq!(config_path(None, env), Path::new("/b.yml"));
-        assert_eq!(
-            config_path(None, Some(OsString::new())),
-            Path::new(DEFAULT_CONFIG_PATH)
-        );
+        assert_eq!(config_path(None, Some(OsString::new())), Path::new(DEFAULT_CONFIG_PATH));
         assert_eq!(config_path(None, None), Path::new(DEFAULT_CONFIG_PATH));
     }
 
@@ -709,10 +675,7 @@ bootstrap:
         assert!(matches!(err, ConfigError::Unreadable { .. }), "{err:?}");
         let good = dir.join("pgha.yml");
         std::fs::write(&good, MINIMAL_YAML).unwrap();
-        assert_eq!(
-            LocalConfig::load(&good).unwrap(),
-            parse(MINIMAL_YAML).unwrap()
-        );
+        assert_eq!(LocalConfig::load(&good).unwrap(), parse(MINIMAL_YAML).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -24,27 +24,15 @@ impl LocalConfig {
         let raft = v.listen("raft.listen", &self.raft.listen)?;
         v.connect("raft", raft, self.raft.connect_address.as_deref())?;
         listens.push(("raft.listen", raft));
-        v.absolute(
-            "raft.data_dir",
-            Some(&self.raft.data_dir),
-            DEFAULT_RAFT_DATA_DIR,
-        )?;
+        v.absolute("raft.data_dir", Some(&self.raft.data_dir), DEFAULT_RAFT_DATA_DIR)?;
 
         if !self.witness {
             let pg = &self.postgresql;
             let listen = v.listen("postgresql.listen", &pg.listen)?;
             v.connect("postgresql", listen, pg.connect_address.as_deref())?;
             listens.push(("postgresql.listen", listen));
-            v.absolute(
-                "postgresql.data_dir",
-                Some(&pg.data_dir),
-                DEFAULT_POSTGRESQL_DATA_DIR,
-            )?;
-            v.absolute(
-                "postgresql.bin_dir",
-                pg.bin_dir.as_deref(),
-                "/usr/lib/postgresql/15/bin",
-            )?;
+            v.absolute("postgresql.data_dir", Some(&pg.data_dir), DEFAULT_POSTGRESQL_DATA_DIR)?;
+            v.absolute("postgresql.bin_dir", pg.bin_dir.as_deref(), "/usr/lib/postgresql/15/bin")?;
             v.authentication(&pg.authentication)?;
             v.parameters(pg)?;
         }
@@ -59,49 +47,21 @@ impl LocalConfig {
         v.distinct(&listens)?;
 
         v.absolute("tls.cafile", Some(&self.tls.cafile), DEFAULT_CA_FILE)?;
-        v.absolute(
-            "tls.certfile",
-            Some(&self.tls.certfile),
-            DEFAULT_NODE_CERT_FILE,
-        )?;
-        v.absolute(
-            "tls.keyfile",
-            Some(&self.tls.keyfile),
-            DEFAULT_NODE_KEY_FILE,
-        )?;
-        v.absolute(
-            "ctl.certfile",
-            Some(&self.ctl.certfile),
-            DEFAULT_CTL_CERT_FILE,
-        )?;
+        v.absolute("tls.certfile", Some(&self.tls.certfile), DEFAULT_NODE_CERT_FILE)?;
+        v.absolute("tls.keyfile", Some(&self.tls.keyfile), DEFAULT_NODE_KEY_FILE)?;
+        v.absolute("ctl.certfile", Some(&self.ctl.certfile), DEFAULT_CTL_CERT_FILE)?;
         v.absolute("ctl.keyfile", Some(&self.ctl.keyfile), DEFAULT_CTL_KEY_FILE)?;
         v.absolute("ctl.cacert", Some(&self.ctl.cacert), DEFAULT_CA_FILE)?;
-        v.absolute(
-            "watchdog.device",
-            Some(&self.watchdog.device),
-            DEFAULT_WATCHDOG_DEVICE,
-        )?;
-        v.absolute(
-            "log.file",
-            self.log.file.as_deref(),
-            "/var/log/pgha/pgha.log",
-        )?;
+        v.absolute("watchdog.device", Some(&self.watchdog.device), DEFAULT_WATCHDOG_DEVICE)?;
+        v.absolute("log.file", self.log.file.as_deref(), "/var/log/pgha/pgha.log")?;
         let cb = &self.callbacks;
         let script = "/etc/pgha/callback.sh";
         v.absolute("callbacks.on_start", cb.on_start.as_deref(), script)?;
         v.absolute("callbacks.on_stop", cb.on_stop.as_deref(), script)?;
         v.absolute("callbacks.on_restart", cb.on_restart.as_deref(), script)?;
-        v.absolute(
-            "callbacks.on_role_change",
-            cb.on_role_change.as_deref(),
-            script,
-        )?;
+        v.absolute("callbacks.on_role_change", cb.on_role_change.as_deref(), script)?;
         let post = self.bootstrap.post_bootstrap.as_deref();
-        v.absolute(
-            "bootstrap.post_bootstrap",
-            post,
-            "/etc/pgha/post_bootstrap.sh",
-        )?;
+        v.absolute("bootstrap.post_bootstrap", post, "/etc/pgha/post_bootstrap.sh")?;
 
         if self.tags.failover_priority.is_some_and(|p| p < 0) {
             return Err(v.invalid(
@@ -176,9 +136,7 @@ impl Check<'_> {
             self.invalid(
                 key,
                 format!("{value:?} is not ip:port"),
-                format!(
-                    "use an IP address and port like {example} (0.0.0.0 or [::] for all interfaces)"
-                ),
+                format!("use an IP address and port like {example} (0.0.0.0 or [::] for all interfaces)"),
             )
         })?;
         if addr.port() == 0 {
@@ -193,17 +151,9 @@ impl Check<'_> {
 
     /// `<section>.connect_address`: given, or derived from a listen address that is not a
     /// wildcard.
-    fn connect(
-        &self,
-        section: &str,
-        listen: SocketAddr,
-        connect: Option<&str>,
-    ) -> Result<(), ConfigError> {
+    fn connect(&self, section: &str, listen: SocketAddr, connect: Option<&str>) -> Result<(), ConfigError> {
         let key = format!("{section}.connect_address");
-        let fix = format!(
-            "set {key} to an address other nodes can reach, like 10.0.0.11:{}",
-            listen.port()
-        );
+        let fix = format!("set {key} to an address other nodes can reach, like 10.0.0.11:{}", listen.port());
         match connect {
             None if listen.ip().is_unspecified() => Err(self.invalid(
                 &key,
@@ -224,8 +174,7 @@ impl Check<'_> {
             for (key_b, b) in &listens[i + 1..] {
                 // A wildcard overlaps every address of the port (and on Linux `[::]` also takes
                 // IPv4), so a wildcard and anything else on the same port is a conflict.
-                let overlap =
-                    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+                let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
                 if a.port() == b.port() && overlap {
                     return Err(self.invalid(
                         *key_b,
@@ -250,11 +199,8 @@ impl Check<'_> {
     }
 
     fn authentication(&self, auth: &Authentication) -> Result<(), ConfigError> {
-        let roles = [
-            ("superuser", &auth.superuser),
-            ("replication", &auth.replication),
-            ("rewind", &auth.rewind),
-        ];
+        let roles =
+            [("superuser", &auth.superuser), ("replication", &auth.replication), ("rewind", &auth.rewind)];
         for (role, credentials) in roles {
             if credentials.username.is_empty() {
                 return Err(self.invalid(
@@ -271,10 +217,8 @@ impl Check<'_> {
         for (name, value) in &pg.parameters {
             let key = format!("postgresql.parameters.{name}");
             // Postgres GUC names: letters, digits, `_`, and `.` for extension prefixes.
-            let ok_name = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            let ok_name =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
             if !ok_name {
                 return Err(self.invalid(
                     key,
@@ -298,27 +242,21 @@ impl Check<'_> {
         let margin = config.watchdog.safety_margin;
         match config.bootstrap.dcs.validate(margin) {
             Ok(()) => Ok(()),
-            Err(DynamicConfigError::OutOfRange { key, value, fix }) => Err(self.invalid(
-                format!("bootstrap.dcs.{key}"),
-                format!("{value} is out of range"),
-                fix,
-            )),
-            Err(DynamicConfigError::TtlTooShort {
-                ttl,
-                loop_wait,
-                retry_timeout,
-                margin,
-            }) => Err(self.invalid(
-                "bootstrap.dcs.ttl",
-                format!(
-                    "{ttl} is not larger than loop_wait ({loop_wait}) + retry_timeout \
+            Err(DynamicConfigError::OutOfRange { key, value, fix }) => {
+                Err(self.invalid(format!("bootstrap.dcs.{key}"), format!("{value} is out of range"), fix))
+            }
+            Err(DynamicConfigError::TtlTooShort { ttl, loop_wait, retry_timeout, margin }) => Err(self
+                .invalid(
+                    "bootstrap.dcs.ttl",
+                    format!(
+                        "{ttl} is not larger than loop_wait ({loop_wait}) + retry_timeout \
                      ({retry_timeout}) + watchdog.safety_margin ({margin})"
-                ),
-                format!(
-                    "raise bootstrap.dcs.ttl to at least {} or lower the others",
-                    loop_wait + retry_timeout + margin + 1
-                ),
-            )),
+                    ),
+                    format!(
+                        "raise bootstrap.dcs.ttl to at least {} or lower the others",
+                        loop_wait + retry_timeout + margin + 1
+                    ),
+                )),
         }
     }
 }
@@ -338,8 +276,7 @@ fn listen_example(key: &str) -> &'static str {
 fn is_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// What is wrong with a connect address, or `None` when it is `host:port` with a usable host:
@@ -412,10 +349,7 @@ mod tests {
     fn check(name: &str, yaml: &str, want: Want) {
         let err = parse(yaml).expect_err(name);
         let text = err.to_string();
-        assert!(
-            text.contains("/etc/pgha/pgha.yml"),
-            "{name}: file not named: {text}"
-        );
+        assert!(text.contains("/etc/pgha/pgha.yml"), "{name}: file not named: {text}");
         match (want, &err) {
             (Want::Invalid(want_key), ConfigError::Invalid { key, .. }) => {
                 assert_eq!(key, want_key, "{name}: {text}");
@@ -423,10 +357,7 @@ mod tests {
             }
             (Want::Parse(needles), ConfigError::Parse { .. }) => {
                 for needle in needles {
-                    assert!(
-                        text.contains(needle),
-                        "{name}: {needle:?} missing in: {text}"
-                    );
+                    assert!(text.contains(needle), "{name}: {needle:?} missing in: {text}");
                 }
             }
             (_, other) => panic!("{name}: wrong variant: {other:?}"),
@@ -448,58 +379,22 @@ mod tests {
     fn bad_files_name_the_key_and_the_file() {
         use Want::*;
         let cases: Vec<(&str, String, Want)> = vec![
-            (
-                "unknown top-level key",
-                with("colour: blue"),
-                Parse(&["colour", ":"]),
-            ),
+            ("unknown top-level key", with("colour: blue"), Parse(&["colour", ":"])),
             (
                 "unknown nested key",
                 replacing("listen: 0.0.0.0:5010", "lisen: 0.0.0.0:5010"),
                 Parse(&["lisen", "listen"]),
             ),
-            (
-                "yes is not a boolean",
-                with("witness: yes"),
-                Parse(&["witness: yes"]),
-            ),
-            (
-                "on is not a boolean",
-                with("tags: {nofailover: on}"),
-                Parse(&["nofailover"]),
-            ),
-            (
-                "missing name",
-                replacing("name: node1\n", ""),
-                Parse(&["name"]),
-            ),
-            (
-                "bad member name",
-                replacing("name: node1", "name: node/1"),
-                Parse(&["node/1"]),
-            ),
+            ("yes is not a boolean", with("witness: yes"), Parse(&["witness: yes"])),
+            ("on is not a boolean", with("tags: {nofailover: on}"), Parse(&["nofailover"])),
+            ("missing name", replacing("name: node1\n", ""), Parse(&["name"])),
+            ("bad member name", replacing("name: node1", "name: node/1"), Parse(&["node/1"])),
             ("duplicate key", with("scope: other"), Parse(&["scope"])),
-            (
-                "bad log level",
-                with("log: {level: verbose}"),
-                Parse(&["verbose", "debug"]),
-            ),
-            (
-                "bad scope",
-                replacing("scope: pgha", "scope: 'my cluster'"),
-                Invalid("scope"),
-            ),
+            ("bad log level", with("log: {level: verbose}"), Parse(&["verbose", "debug"])),
+            ("bad scope", replacing("scope: pgha", "scope: 'my cluster'"), Invalid("scope")),
             ("bad user", with("user: 'a:b'"), Invalid("user")),
-            (
-                "bad port",
-                replacing("listen: 0.0.0.0:5010", "listen: 0.0.0.0:70000"),
-                Invalid("raft.listen"),
-            ),
-            (
-                "port zero",
-                replacing("listen: 0.0.0.0:5010", "listen: 0.0.0.0:0"),
-                Invalid("raft.listen"),
-            ),
+            ("bad port", replacing("listen: 0.0.0.0:5010", "listen: 0.0.0.0:70000"), Invalid("raft.listen")),
+            ("port zero", replacing("listen: 0.0.0.0:5010", "listen: 0.0.0.0:0"), Invalid("raft.listen")),
             (
                 "listen must be an IP",
                 replacing("listen: 0.0.0.0:5010", "listen: localhost:5010"),
@@ -525,21 +420,13 @@ mod tests {
                 replacing("  connect_address: \"10.0.0.11:5010\"\n", ""),
                 Invalid("raft.connect_address"),
             ),
-            (
-                "duplicate listen address",
-                with("proxy: {listen: \"0.0.0.0:8008\"}"),
-                Invalid("proxy.listen"),
-            ),
+            ("duplicate listen address", with("proxy: {listen: \"0.0.0.0:8008\"}"), Invalid("proxy.listen")),
             (
                 "wildcard overlaps a specific address",
                 with("proxy: {replicas_listen: \"127.0.0.1:5010\"}"),
                 Invalid("proxy.replicas_listen"),
             ),
-            (
-                "relative path",
-                with("tls: {keyfile: node.key}"),
-                Invalid("tls.keyfile"),
-            ),
+            ("relative path", with("tls: {keyfile: node.key}"), Invalid("tls.keyfile")),
             (
                 "relative data dir",
                 replacing("data_dir: /var/lib/pgha/raft", "data_dir: raft"),
@@ -560,11 +447,7 @@ mod tests {
                 with("watchdog: {safety_margin: 6}"),
                 Invalid("bootstrap.dcs.ttl"),
             ),
-            (
-                "unknown key in bootstrap.dcs",
-                with("bootstrap: {dcs: {tll: 30}}"),
-                Parse(&["tll"]),
-            ),
+            ("unknown key in bootstrap.dcs", with("bootstrap: {dcs: {tll: 30}}"), Parse(&["tll"])),
             (
                 "parameter that is not a scalar",
                 replacing("postgresql:\n", "postgresql:\n  parameters: {a: [1]}\n"),
@@ -599,11 +482,7 @@ mod tests {
         assert!(config.witness);
         // On a data node the same file lacks postgresql.connect_address.
         let data_node = yaml.replace("witness: true\n", "");
-        check(
-            "data node",
-            &data_node,
-            Want::Invalid("postgresql.connect_address"),
-        );
+        check("data node", &data_node, Want::Invalid("postgresql.connect_address"));
     }
 
     #[test]
@@ -612,10 +491,7 @@ mod tests {
         assert_eq!(config.proxy.writer_listen(), None);
         assert_eq!(config.proxy.replicas_listen(), None);
         // `off` frees the port for another service.
-        parse(&with(
-            "proxy: {listen: off, replicas_listen: \"0.0.0.0:5000\"}",
-        ))
-        .unwrap();
+        parse(&with("proxy: {listen: off, replicas_listen: \"0.0.0.0:5000\"}")).unwrap();
     }
 
     #[test]

@@ -38,7 +38,12 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// Prints data in the chosen format; `to_rows` makes the table form.
-pub fn render<T: Serialize>(format: Format, data: &T, headers: &[&str], to_rows: impl FnOnce(&T) -> Vec<Vec<String>>) -> String {
+pub fn render<T: Serialize>(
+    format: Format,
+    data: &T,
+    headers: &[&str],
+    to_rows: impl FnOnce(&T) -> Vec<Vec<String>>,
+) -> String {
     match format {
         Format::Table => table(headers, &to_rows(data)),
         Format::Json => serde_json::to_string_pretty(data).expect("ctl output serializes") + "\n",
@@ -52,7 +57,10 @@ mod tests {
 
     #[test]
     fn table_pads_columns_to_the_widest_cell() {
-        let t = table(&["Member", "Role"], &[vec!["node1".into(), "leader".into()], vec!["n2".into(), "follower".into()]]);
+        let t = table(
+            &["Member", "Role"],
+            &[vec!["node1".into(), "leader".into()], vec!["n2".into(), "follower".into()]],
+        );
         let expected = "\
 +--------+----------+
 | Member | Role     |

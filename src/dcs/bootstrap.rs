@@ -49,7 +49,8 @@ pub fn force_new_cluster(raft_dir: &Path, logger: &slog::Logger) -> Result<Membe
     let mut store = FileLogStore::open(raft_dir)?;
     // Commit everything the log holds, so the replay below applies it.
     let last = raft::Storage::last_index(&store).map_err(|e| BootstrapError::Refused(e.to_string()))?;
-    let mut hs = raft::Storage::initial_state(&store).map_err(|e| BootstrapError::Refused(e.to_string()))?.hard_state;
+    let mut hs =
+        raft::Storage::initial_state(&store).map_err(|e| BootstrapError::Refused(e.to_string()))?.hard_state;
     if hs.commit < last {
         hs.commit = last;
         store.set_hard_state(&hs)?;
@@ -62,10 +63,11 @@ pub fn force_new_cluster(raft_dir: &Path, logger: &slog::Logger) -> Result<Membe
             break;
         }
     }
-    let mut state = core
-        .state()
-        .cloned()
-        .ok_or_else(|| BootstrapError::Refused("this member never received the cluster state; it cannot seed a new cluster".into()))?;
+    let mut state = core.state().cloned().ok_or_else(|| {
+        BootstrapError::Refused(
+            "this member never received the cluster state; it cannot seed a new cluster".into(),
+        )
+    })?;
     drop(core);
     let new_incarnation = new_incarnation();
     state.incarnation = new_incarnation.clone();
@@ -84,7 +86,8 @@ pub fn force_new_cluster(raft_dir: &Path, logger: &slog::Logger) -> Result<Membe
         raft_dir.file_name().and_then(|n| n.to_str()).unwrap_or("raft"),
         clock::wall_now_ms()
     ));
-    std::fs::rename(raft_dir, &aside).map_err(|source| BootstrapError::MoveAside { from: raft_dir.to_path_buf(), source })?;
+    std::fs::rename(raft_dir, &aside)
+        .map_err(|source| BootstrapError::MoveAside { from: raft_dir.to_path_buf(), source })?;
     create_store(raft_dir, &state, meta.node_id)?;
     meta.incarnation = new_incarnation;
     meta.save(raft_dir)?;

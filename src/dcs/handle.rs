@@ -123,17 +123,32 @@ impl Handle {
     }
 
     /// Tries to take the free lease, expecting `expected_epoch` to be the last one granted.
-    pub async fn acquire_lease(&self, expected_epoch: LeaseEpoch, ttl: Duration, timeout: Duration) -> Result<Outcome, DcsError> {
+    pub async fn acquire_lease(
+        &self,
+        expected_epoch: LeaseEpoch,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> Result<Outcome, DcsError> {
         self.propose_with(timeout, |reply| Request::Acquire { expected_epoch, ttl, reply }).await
     }
 
     /// Renews the lease this node holds; its local deadline moves only if accepted.
-    pub async fn renew_lease(&self, epoch: LeaseEpoch, ttl: Duration, timeout: Duration) -> Result<Outcome, DcsError> {
+    pub async fn renew_lease(
+        &self,
+        epoch: LeaseEpoch,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> Result<Outcome, DcsError> {
         self.propose_with(timeout, |reply| Request::Renew { epoch, ttl, reply }).await
     }
 
     /// Gives the lease up, recording the shutdown checkpoint after a clean stop.
-    pub async fn release_lease(&self, epoch: LeaseEpoch, checkpoint: Option<Lsn>, timeout: Duration) -> Result<Outcome, DcsError> {
+    pub async fn release_lease(
+        &self,
+        epoch: LeaseEpoch,
+        checkpoint: Option<Lsn>,
+        timeout: Duration,
+    ) -> Result<Outcome, DcsError> {
         self.propose_with(timeout, |reply| Request::Release { epoch, checkpoint, reply }).await
     }
 

@@ -70,9 +70,7 @@ impl HolderClock {
 
     /// Time left on the lease as seen locally (zero if none or passed).
     pub fn time_left(&self, now: BootInstant) -> Duration {
-        self.held
-            .map(|(_, d)| d.saturating_since(now))
-            .unwrap_or_default()
+        self.held.map(|(_, d)| d.saturating_since(now)).unwrap_or_default()
     }
 
     pub fn deadline(&self) -> Option<BootInstant> {
@@ -133,10 +131,7 @@ impl ExpiryTimer {
             return None;
         }
         w.proposed = true;
-        Some(Command::ExpireLease {
-            epoch: w.epoch,
-            renewal: w.renewal,
-        })
+        Some(Command::ExpireLease { epoch: w.epoch, renewal: w.renewal })
     }
 
     /// Allows a new proposal for the same renewal (the previous one was dropped, e.g. no
@@ -162,12 +157,7 @@ mod tests {
         BootInstant::from_duration(Duration::from_millis(ms))
     }
     fn lease(holder: &str, epoch: u64, renewal: u64) -> Lease {
-        Lease {
-            holder: MemberName::new(holder).unwrap(),
-            epoch: LeaseEpoch(epoch),
-            ttl_ms: 10_000,
-            renewal,
-        }
+        Lease { holder: MemberName::new(holder).unwrap(), epoch: LeaseEpoch(epoch), ttl_ms: 10_000, renewal }
     }
     const MARGIN: Duration = Duration::from_secs(2);
 
@@ -175,11 +165,7 @@ mod tests {
     fn deadline_counts_from_send_time_and_only_after_acceptance() {
         let mut h = HolderClock::default();
         h.sent(1, at(1_000));
-        assert_eq!(
-            h.valid(at(1_000)),
-            None,
-            "nothing held before the grant is applied"
-        );
+        assert_eq!(h.valid(at(1_000)), None, "nothing held before the grant is applied");
         h.observe("n1", Some(&lease("n1", 1, 1)), MARGIN);
         assert_eq!(h.valid(at(5_000)), Some((LeaseEpoch(1), at(9_000))));
         assert_eq!(h.valid(at(9_000)), None, "deadline = sent + ttl - margin");
@@ -224,13 +210,7 @@ mod tests {
         let mut t = ExpiryTimer::default();
         t.restart(Some(&lease("n1", 1, 1)), at(500));
         assert_eq!(t.poll(at(10_499)), None);
-        assert_eq!(
-            t.poll(at(10_500)),
-            Some(Command::ExpireLease {
-                epoch: LeaseEpoch(1),
-                renewal: 1
-            })
-        );
+        assert_eq!(t.poll(at(10_500)), Some(Command::ExpireLease { epoch: LeaseEpoch(1), renewal: 1 }));
         assert_eq!(t.poll(at(10_600)), None, "proposed once");
         t.retry();
         assert!(t.poll(at(10_700)).is_some());

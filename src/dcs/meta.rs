@@ -58,12 +58,8 @@ impl MemberMeta {
         let tmp = raft_dir.join(format!("{FILE}.tmp"));
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(raft_dir)?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode_0600()
-                .open(&tmp)?;
+            let mut f =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode_0600().open(&tmp)?;
             f.write_all(&serde_json::to_vec_pretty(self).expect("meta serializes"))?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;
@@ -92,7 +88,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pgha-meta-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         assert!(matches!(MemberMeta::load(&dir), Err(MetaError::Missing { .. })));
-        let m = MemberMeta { scope: "s".into(), name: MemberName::new("n1").unwrap(), node_id: NodeId(3), incarnation: "i".into(), seed_peers: vec![(NodeId(1), "127.0.0.1:1".into())] };
+        let m = MemberMeta {
+            scope: "s".into(),
+            name: MemberName::new("n1").unwrap(),
+            node_id: NodeId(3),
+            incarnation: "i".into(),
+            seed_peers: vec![(NodeId(1), "127.0.0.1:1".into())],
+        };
         m.save(&dir).unwrap();
         assert_eq!(MemberMeta::load(&dir).unwrap(), m);
         std::fs::write(MemberMeta::path(&dir), b"{").unwrap();

@@ -1,5 +1,6 @@
 //! The consensus store: a Raft member (tikv `raft`) replicating [`state::ClusterState`].
-//! Only `node`, `storage`, `transport` and `codec` name `raft::` types; everyone else uses
+//! Only `node`, `storage` (with its implementations `mem_store` and `file_store`, and the
+//! on-disk `record` format), `transport` and `codec` name `raft::` types; everyone else uses
 //! [`handle::Handle`].
 
 pub mod bootstrap;
@@ -11,8 +12,8 @@ pub mod lease;
 pub mod mem_store;
 pub mod meta;
 pub mod node;
-mod record;
 pub mod raft_log;
+mod record;
 pub mod state;
 pub mod storage;
 pub mod transport;

@@ -25,8 +25,8 @@ use crate::clock::BootInstant;
 use crate::types::{LeaseEpoch, Lsn, MemberName, NodeId};
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
-    EntryType, Message, Snapshot,
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
+    Message, Snapshot,
 };
 use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
@@ -202,11 +202,8 @@ impl<S: LogStore> RaftCore<S> {
     pub fn new(store: S, cfg: CoreConfig, logger: &slog::Logger) -> Result<Self, CoreError> {
         let snap = store.latest_snapshot();
         let meta = snap.get_metadata();
-        let state = if snap.get_data().is_empty() {
-            None
-        } else {
-            Some(decode_state(meta.index, snap.get_data())?)
-        };
+        let state =
+            if snap.get_data().is_empty() { None } else { Some(decode_state(meta.index, snap.get_data())?) };
         let applied = meta.index;
         let conf_state = meta.get_conf_state().clone();
         let raw = RawNode::new(&raft_config(&cfg, applied), store, logger)?;
@@ -337,8 +334,8 @@ impl<S: LogStore> RaftCore<S> {
         }
         let id = ProposalId { node: self.cfg.id, seq: self.next_seq };
         self.next_seq += 1;
-        let data = serde_json::to_vec(&Proposal { id: Some(id), command })
-            .expect("commands always serialize");
+        let data =
+            serde_json::to_vec(&Proposal { id: Some(id), command }).expect("commands always serialize");
         match self.raw.propose(Vec::new(), data) {
             Ok(()) => Ok(id),
             Err(raft::Error::ProposalDropped) => Err(ProposeError::NoLeader),
@@ -613,10 +610,7 @@ impl<S: LogStore> RaftCore<S> {
     }
 
     fn apply_command(&mut self, command: Command, now: BootInstant) -> Outcome {
-        let state = self
-            .state
-            .as_mut()
-            .expect("a member receives the state in a snapshot before any entry");
+        let state = self.state.as_mut().expect("a member receives the state in a snapshot before any entry");
         let outcome = state.apply(command);
         let lease = state.lease.clone();
         self.observe_lease();

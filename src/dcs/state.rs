@@ -107,9 +107,7 @@ pub struct CaMaterial {
 
 impl fmt::Debug for CaMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CaMaterial")
-            .field("key_pem", &"<secret>")
-            .finish_non_exhaustive()
+        f.debug_struct("CaMaterial").field("key_pem", &"<secret>").finish_non_exhaustive()
     }
 }
 
@@ -228,7 +226,9 @@ pub enum Command {
         now_ms: u64,
     },
     /// Marks a member for removal from the Raft configuration (`pgha ctl remove`).
-    RemoveMember { name: MemberName },
+    RemoveMember {
+        name: MemberName,
+    },
 }
 
 /// Why a command changed nothing. Displayed to operators as-is.
@@ -236,15 +236,9 @@ pub enum Command {
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Rejection {
     #[error("the lease is held by {holder} (epoch {epoch})")]
-    LeaseHeld {
-        holder: MemberName,
-        epoch: LeaseEpoch,
-    },
+    LeaseHeld { holder: MemberName, epoch: LeaseEpoch },
     #[error("expected lease epoch {expected} but the last granted is {actual}")]
-    StaleEpoch {
-        expected: LeaseEpoch,
-        actual: LeaseEpoch,
-    },
+    StaleEpoch { expected: LeaseEpoch, actual: LeaseEpoch },
     #[error("{member} does not hold the lease")]
     NotHolder { member: MemberName },
     #[error("a renewal was accepted after the expiry timer started")]
@@ -259,9 +253,7 @@ pub enum Rejection {
     UnknownToken,
     #[error("the join token expired: create a new one with `pgha ctl token create`")]
     TokenExpired,
-    #[error(
-        "the join token was already used by {by}: create a new one with `pgha ctl token create`"
-    )]
+    #[error("the join token was already used by {by}: create a new one with `pgha ctl token create`")]
     TokenUsed { by: MemberName },
     #[error("a member named {name} already exists: choose another --name or `pgha ctl remove {name}` first")]
     DuplicateName { name: MemberName },
@@ -351,50 +343,30 @@ impl ClusterState {
 
     /// Node ids the Raft configuration contains (learners and voters).
     pub fn raft_node_ids(&self) -> BTreeSet<NodeId> {
-        self.members
-            .values()
-            .filter(|m| m.membership != RaftMembership::Pending)
-            .map(|m| m.node_id)
-            .collect()
+        self.members.values().filter(|m| m.membership != RaftMembership::Pending).map(|m| m.node_id).collect()
     }
 
     /// Applies one committed command. Deterministic: reads only `self` and `cmd`.
     pub fn apply(&mut self, cmd: Command) -> Outcome {
         let outcome = match cmd {
-            Command::AcquireLease {
-                candidate,
-                expected_epoch,
-                ttl_ms,
-                renewal,
-            } => self.acquire(candidate, expected_epoch, ttl_ms, renewal),
-            Command::RenewLease {
-                holder,
-                epoch,
-                ttl_ms,
-                renewal,
-            } => match &mut self.lease {
+            Command::AcquireLease { candidate, expected_epoch, ttl_ms, renewal } => {
+                self.acquire(candidate, expected_epoch, ttl_ms, renewal)
+            }
+            Command::RenewLease { holder, epoch, ttl_ms, renewal } => match &mut self.lease {
                 Some(l) if l.holder == holder && l.epoch == epoch => {
                     l.ttl_ms = ttl_ms;
                     l.renewal = renewal;
                     Outcome::Accepted
                 }
-                _ => Outcome::Rejected {
-                    reason: Rejection::NotHolder { member: holder },
-                },
+                _ => Outcome::Rejected { reason: Rejection::NotHolder { member: holder } },
             },
-            Command::ReleaseLease {
-                holder,
-                epoch,
-                checkpoint,
-            } => match &self.lease {
+            Command::ReleaseLease { holder, epoch, checkpoint } => match &self.lease {
                 Some(l) if l.holder == holder && l.epoch == epoch => {
                     self.lease = None;
                     self.release_checkpoint = checkpoint;
                     Outcome::Accepted
                 }
-                _ => Outcome::Rejected {
-                    reason: Rejection::NotHolder { member: holder },
-                },
+                _ => Outcome::Rejected { reason: Rejection::NotHolder { member: holder } },
             },
             Command::ExpireLease { epoch, renewal } => match &self.lease {
                 Some(l) if l.epoch == epoch && l.renewal == renewal => {
@@ -402,26 +374,15 @@ impl ClusterState {
                     self.release_checkpoint = None;
                     Outcome::Accepted
                 }
-                Some(l) if l.epoch == epoch => Outcome::Rejected {
-                    reason: Rejection::RenewedMeanwhile,
-                },
-                Some(l) => Outcome::Rejected {
-                    reason: Rejection::StaleEpoch {
-                        expected: epoch,
-                        actual: l.epoch,
-                    },
-                },
+                Some(l) if l.epoch == epoch => Outcome::Rejected { reason: Rejection::RenewedMeanwhile },
+                Some(l) => {
+                    Outcome::Rejected { reason: Rejection::StaleEpoch { expected: epoch, actual: l.epoch } }
+                }
                 None => Outcome::Rejected {
-                    reason: Rejection::StaleEpoch {
-                        expected: epoch,
-                        actual: self.last_epoch,
-                    },
+                    reason: Rejection::StaleEpoch { expected: epoch, actual: self.last_epoch },
                 },
             },
-            Command::CreateToken {
-                hash,
-                expires_at_ms,
-            } => {
+            Command::CreateToken { hash, expires_at_ms } => {
                 use std::collections::btree_map::Entry;
                 match self.tokens.entry(hash) {
                     Entry::Occupied(_) => Outcome::Rejected { reason: Rejection::DuplicateToken },
@@ -431,15 +392,8 @@ impl ClusterState {
                     }
                 }
             }
-            Command::Join {
-                token_hash,
-                now_ms,
-                member,
-            } => self.join(token_hash, now_ms, member),
-            Command::SetMembership {
-                node_id,
-                membership,
-            } => {
+            Command::Join { token_hash, now_ms, member } => self.join(token_hash, now_ms, member),
+            Command::SetMembership { node_id, membership } => {
                 let name = self.member_by_id(node_id).map(|m| m.name.clone());
                 match (name, membership) {
                     (Some(name), Some(ms)) => {
@@ -463,8 +417,7 @@ impl ClusterState {
             }
             Command::RemoveMember { name } => self.mark_removing(name),
             Command::PruneTokens { now_ms } => {
-                self.tokens
-                    .retain(|_, t| t.used_by.is_none() && t.expires_at_ms > now_ms);
+                self.tokens.retain(|_, t| t.used_by.is_none() && t.expires_at_ms > now_ms);
                 Outcome::Accepted
             }
         };
@@ -482,43 +435,26 @@ impl ClusterState {
     ) -> Outcome {
         if let Some(l) = &self.lease {
             return Outcome::Rejected {
-                reason: Rejection::LeaseHeld {
-                    holder: l.holder.clone(),
-                    epoch: l.epoch,
-                },
+                reason: Rejection::LeaseHeld { holder: l.holder.clone(), epoch: l.epoch },
             };
         }
         if expected_epoch != self.last_epoch {
             return Outcome::Rejected {
-                reason: Rejection::StaleEpoch {
-                    expected: expected_epoch,
-                    actual: self.last_epoch,
-                },
+                reason: Rejection::StaleEpoch { expected: expected_epoch, actual: self.last_epoch },
             };
         }
         let Some(member) = self.members.get(&candidate) else {
-            return Outcome::Rejected {
-                reason: Rejection::UnknownMember { member: candidate },
-            };
+            return Outcome::Rejected { reason: Rejection::UnknownMember { member: candidate } };
         };
         if member.witness {
-            return Outcome::Rejected {
-                reason: Rejection::Witness { member: candidate },
-            };
+            return Outcome::Rejected { reason: Rejection::Witness { member: candidate } };
         }
         if member.tags.nofailover {
-            return Outcome::Rejected {
-                reason: Rejection::NoFailover { member: candidate },
-            };
+            return Outcome::Rejected { reason: Rejection::NoFailover { member: candidate } };
         }
         let epoch = self.last_epoch.next();
         self.last_epoch = epoch;
-        self.lease = Some(Lease {
-            holder: candidate,
-            epoch,
-            ttl_ms,
-            renewal,
-        });
+        self.lease = Some(Lease { holder: candidate, epoch, ttl_ms, renewal });
         Outcome::LeaseGranted { epoch }
     }
 
@@ -562,10 +498,9 @@ impl ClusterState {
             return reject(Rejection::DuplicateName { name: m.name });
         }
         for other in self.members.values() {
-            for (mine, theirs) in [
-                (&m.api_address, &other.api_address),
-                (&m.raft_address, &other.raft_address),
-            ] {
+            for (mine, theirs) in
+                [(&m.api_address, &other.api_address), (&m.raft_address, &other.raft_address)]
+            {
                 if mine == theirs {
                     return reject(Rejection::DuplicateAddress {
                         address: mine.clone(),
@@ -607,23 +542,13 @@ impl ClusterState {
                 l.epoch,
                 self.last_epoch
             );
-            assert!(
-                self.members.contains_key(&l.holder),
-                "lease holder {} is not a member",
-                l.holder
-            );
+            assert!(self.members.contains_key(&l.holder), "lease holder {} is not a member", l.holder);
         }
         let ids: BTreeSet<_> = self.members.values().map(|m| m.node_id).collect();
         assert_eq!(ids.len(), self.members.len(), "two members share a node id");
-        assert!(
-            ids.iter().all(|id| id.0 < self.next_node_id),
-            "node id not below next_node_id"
-        );
+        assert!(ids.iter().all(|id| id.0 < self.next_node_id), "node id not below next_node_id");
         for w in self.history.windows(2) {
-            assert!(
-                w[0].timeline < w[1].timeline,
-                "timelines in history must increase"
-            );
+            assert!(w[0].timeline < w[1].timeline, "timelines in history must increase");
         }
     }
 }
@@ -657,10 +582,7 @@ mod tests {
                 "s".into(),
                 "inc".into(),
                 new_member("n1", 1000),
-                CaMaterial {
-                    cert_pem: String::new(),
-                    key_pem: String::new(),
-                },
+                CaMaterial { cert_pem: String::new(), key_pem: String::new() },
                 DynamicConfig::default(),
             ))
         }
@@ -668,10 +590,7 @@ mod tests {
             let mut s = St::one();
             for (i, n) in ["n2", "n3"].iter().enumerate() {
                 let h = format!("tok{n}");
-                s.0.apply(Command::CreateToken {
-                    hash: h.clone(),
-                    expires_at_ms: 100,
-                });
+                s.0.apply(Command::CreateToken { hash: h.clone(), expires_at_ms: 100 });
                 let out = s.0.apply(Command::Join {
                     token_hash: h,
                     now_ms: 1,
@@ -683,12 +602,8 @@ mod tests {
         }
         fn held(mut self, holder: &str, epoch: u64, renewal: u64) -> St {
             self.0.last_epoch = LeaseEpoch(epoch);
-            self.0.lease = Some(Lease {
-                holder: name(holder),
-                epoch: LeaseEpoch(epoch),
-                ttl_ms: 10_000,
-                renewal,
-            });
+            self.0.lease =
+                Some(Lease { holder: name(holder), epoch: LeaseEpoch(epoch), ttl_ms: 10_000, renewal });
             self
         }
         fn free_after(mut self, epoch: u64) -> St {
@@ -715,221 +630,135 @@ mod tests {
         }
     }
     fn renew(h: &str, epoch: u64, renewal: u64) -> Command {
-        Command::RenewLease {
-            holder: name(h),
-            epoch: LeaseEpoch(epoch),
-            ttl_ms: 10_000,
-            renewal,
-        }
+        Command::RenewLease { holder: name(h), epoch: LeaseEpoch(epoch), ttl_ms: 10_000, renewal }
     }
     fn release(h: &str, epoch: u64) -> Command {
-        Command::ReleaseLease {
-            holder: name(h),
-            epoch: LeaseEpoch(epoch),
-            checkpoint: Some(Lsn(0x3000148)),
-        }
+        Command::ReleaseLease { holder: name(h), epoch: LeaseEpoch(epoch), checkpoint: Some(Lsn(0x3000148)) }
     }
     fn expire(epoch: u64, renewal: u64) -> Command {
-        Command::ExpireLease {
-            epoch: LeaseEpoch(epoch),
-            renewal,
-        }
+        Command::ExpireLease { epoch: LeaseEpoch(epoch), renewal }
     }
 
     /// (scenario, start state, command, expected outcome, expected holder and epoch after)
     #[test]
     fn lease_commands() {
         use Outcome::*;
-        type Row = (
-            &'static str,
-            St,
-            Command,
-            Outcome,
-            Option<(&'static str, u64)>,
-        );
+        type Row = (&'static str, St, Command, Outcome, Option<(&'static str, u64)>);
         let rows: Vec<Row> = vec![
             (
                 "first acquire",
                 St::three(),
                 acquire("n1", 0, 7),
-                LeaseGranted {
-                    epoch: LeaseEpoch(1),
-                },
+                LeaseGranted { epoch: LeaseEpoch(1) },
                 Some(("n1", 1)),
             ),
             (
                 "acquire while held",
                 St::three().held("n1", 3, 1),
                 acquire("n2", 3, 7),
-                Rejected {
-                    reason: Rejection::LeaseHeld {
-                        holder: name("n1"),
-                        epoch: LeaseEpoch(3),
-                    },
-                },
+                Rejected { reason: Rejection::LeaseHeld { holder: name("n1"), epoch: LeaseEpoch(3) } },
                 Some(("n1", 3)),
             ),
             (
                 "acquire with stale epoch",
                 St::three().free_after(4),
                 acquire("n2", 3, 7),
-                Rejected {
-                    reason: Rejection::StaleEpoch {
-                        expected: LeaseEpoch(3),
-                        actual: LeaseEpoch(4),
-                    },
-                },
+                Rejected { reason: Rejection::StaleEpoch { expected: LeaseEpoch(3), actual: LeaseEpoch(4) } },
                 None,
             ),
             (
                 "acquire after release",
                 St::three().free_after(4),
                 acquire("n2", 4, 7),
-                LeaseGranted {
-                    epoch: LeaseEpoch(5),
-                },
+                LeaseGranted { epoch: LeaseEpoch(5) },
                 Some(("n2", 5)),
             ),
             (
                 "acquire by unknown member",
                 St::three(),
                 acquire("zz", 0, 7),
-                Rejected {
-                    reason: Rejection::UnknownMember { member: name("zz") },
-                },
+                Rejected { reason: Rejection::UnknownMember { member: name("zz") } },
                 None,
             ),
             (
                 "acquire by nofailover member",
                 St::three().tagged_nofailover("n2"),
                 acquire("n2", 0, 7),
-                Rejected {
-                    reason: Rejection::NoFailover { member: name("n2") },
-                },
+                Rejected { reason: Rejection::NoFailover { member: name("n2") } },
                 None,
             ),
             (
                 "acquire by witness",
                 St::three().witness("n3"),
                 acquire("n3", 0, 7),
-                Rejected {
-                    reason: Rejection::Witness { member: name("n3") },
-                },
+                Rejected { reason: Rejection::Witness { member: name("n3") } },
                 None,
             ),
-            (
-                "renew by holder",
-                St::three().held("n1", 2, 1),
-                renew("n1", 2, 9),
-                Accepted,
-                Some(("n1", 2)),
-            ),
+            ("renew by holder", St::three().held("n1", 2, 1), renew("n1", 2, 9), Accepted, Some(("n1", 2))),
             (
                 "renew by non-holder",
                 St::three().held("n1", 2, 1),
                 renew("n2", 2, 9),
-                Rejected {
-                    reason: Rejection::NotHolder { member: name("n2") },
-                },
+                Rejected { reason: Rejection::NotHolder { member: name("n2") } },
                 Some(("n1", 2)),
             ),
             (
                 "renew of an older epoch",
                 St::three().held("n1", 2, 1),
                 renew("n1", 1, 9),
-                Rejected {
-                    reason: Rejection::NotHolder { member: name("n1") },
-                },
+                Rejected { reason: Rejection::NotHolder { member: name("n1") } },
                 Some(("n1", 2)),
             ),
             (
                 "renew after expiry",
                 St::three().free_after(2),
                 renew("n1", 2, 9),
-                Rejected {
-                    reason: Rejection::NotHolder { member: name("n1") },
-                },
+                Rejected { reason: Rejection::NotHolder { member: name("n1") } },
                 None,
             ),
-            (
-                "release by holder",
-                St::three().held("n1", 2, 1),
-                release("n1", 2),
-                Accepted,
-                None,
-            ),
+            ("release by holder", St::three().held("n1", 2, 1), release("n1", 2), Accepted, None),
             (
                 "release by non-holder",
                 St::three().held("n1", 2, 1),
                 release("n2", 2),
-                Rejected {
-                    reason: Rejection::NotHolder { member: name("n2") },
-                },
+                Rejected { reason: Rejection::NotHolder { member: name("n2") } },
                 Some(("n1", 2)),
             ),
-            (
-                "expire of the watched renewal",
-                St::three().held("n1", 2, 5),
-                expire(2, 5),
-                Accepted,
-                None,
-            ),
+            ("expire of the watched renewal", St::three().held("n1", 2, 5), expire(2, 5), Accepted, None),
             (
                 "expire after a newer renewal",
                 St::three().held("n1", 2, 6),
                 expire(2, 5),
-                Rejected {
-                    reason: Rejection::RenewedMeanwhile,
-                },
+                Rejected { reason: Rejection::RenewedMeanwhile },
                 Some(("n1", 2)),
             ),
             (
                 "expire of an older epoch",
                 St::three().held("n1", 3, 5),
                 expire(2, 5),
-                Rejected {
-                    reason: Rejection::StaleEpoch {
-                        expected: LeaseEpoch(2),
-                        actual: LeaseEpoch(3),
-                    },
-                },
+                Rejected { reason: Rejection::StaleEpoch { expected: LeaseEpoch(2), actual: LeaseEpoch(3) } },
                 Some(("n1", 3)),
             ),
             (
                 "expire when free",
                 St::three().free_after(3),
                 expire(3, 5),
-                Rejected {
-                    reason: Rejection::StaleEpoch {
-                        expected: LeaseEpoch(3),
-                        actual: LeaseEpoch(3),
-                    },
-                },
+                Rejected { reason: Rejection::StaleEpoch { expected: LeaseEpoch(3), actual: LeaseEpoch(3) } },
                 None,
             ),
         ];
         for (scenario, St(mut state), cmd, want, holder_after) in rows {
             let got = state.apply(cmd);
             assert_eq!(got, want, "{scenario}");
-            let after = state
-                .lease
-                .as_ref()
-                .map(|l| (l.holder.as_str().to_string(), l.epoch.0));
-            assert_eq!(
-                after,
-                holder_after.map(|(h, e)| (h.to_string(), e)),
-                "{scenario}: holder after"
-            );
+            let after = state.lease.as_ref().map(|l| (l.holder.as_str().to_string(), l.epoch.0));
+            assert_eq!(after, holder_after.map(|(h, e)| (h.to_string(), e)), "{scenario}: holder after");
         }
     }
 
     #[test]
     fn racing_acquires_grant_exactly_one() {
         let mut s = St::three().0;
-        let outcomes: Vec<_> = ["n1", "n2", "n3"]
-            .iter()
-            .map(|c| s.apply(acquire(c, 0, 1)))
-            .collect();
+        let outcomes: Vec<_> = ["n1", "n2", "n3"].iter().map(|c| s.apply(acquire(c, 0, 1))).collect();
         assert_eq!(outcomes.iter().filter(|o| o.is_accepted()).count(), 1);
         assert_eq!(s.lease.unwrap().holder, name("n1"));
     }
@@ -941,12 +770,7 @@ mod tests {
         assert!(!s.apply(renew("n1", 1, 2)).is_accepted());
         assert!(s.lease.is_none());
         // The next acquire must name the expired epoch and gets a new one.
-        assert_eq!(
-            s.apply(acquire("n2", 1, 1)),
-            Outcome::LeaseGranted {
-                epoch: LeaseEpoch(2)
-            }
-        );
+        assert_eq!(s.apply(acquire("n2", 1, 1)), Outcome::LeaseGranted { epoch: LeaseEpoch(2) });
     }
 
     #[test]
@@ -959,71 +783,24 @@ mod tests {
     /// (scenario, token expiry, token used by, join time, name, expected outcome)
     #[test]
     fn join_commands() {
-        type Row = (
-            &'static str,
-            u64,
-            Option<&'static str>,
-            u64,
-            &'static str,
-            Result<u64, Rejection>,
-        );
+        type Row = (&'static str, u64, Option<&'static str>, u64, &'static str, Result<u64, Rejection>);
         let rows: Vec<Row> = vec![
             ("valid token", 100, None, 50, "n4", Ok(4)),
-            (
-                "expired token",
-                100,
-                None,
-                100,
-                "n4",
-                Err(Rejection::TokenExpired),
-            ),
-            (
-                "used token",
-                100,
-                Some("n3"),
-                50,
-                "n4",
-                Err(Rejection::TokenUsed { by: name("n3") }),
-            ),
-            (
-                "duplicate name",
-                100,
-                None,
-                50,
-                "n2",
-                Err(Rejection::DuplicateName { name: name("n2") }),
-            ),
+            ("expired token", 100, None, 100, "n4", Err(Rejection::TokenExpired)),
+            ("used token", 100, Some("n3"), 50, "n4", Err(Rejection::TokenUsed { by: name("n3") })),
+            ("duplicate name", 100, None, 50, "n2", Err(Rejection::DuplicateName { name: name("n2") })),
         ];
         for (scenario, expires, used_by, now, n, want) in rows {
             let mut s = St::three().0;
-            s.tokens.insert(
-                "h".into(),
-                JoinToken {
-                    expires_at_ms: expires,
-                    used_by: used_by.map(name),
-                },
-            );
+            s.tokens.insert("h".into(), JoinToken { expires_at_ms: expires, used_by: used_by.map(name) });
             let before = s.clone();
-            let got = s.apply(Command::Join {
-                token_hash: "h".into(),
-                now_ms: now,
-                member: new_member(n, 5000),
-            });
+            let got =
+                s.apply(Command::Join { token_hash: "h".into(), now_ms: now, member: new_member(n, 5000) });
             match want {
                 Ok(id) => {
-                    assert_eq!(
-                        got,
-                        Outcome::Joined {
-                            node_id: NodeId(id)
-                        },
-                        "{scenario}"
-                    );
+                    assert_eq!(got, Outcome::Joined { node_id: NodeId(id) }, "{scenario}");
                     assert_eq!(s.members[&name(n)].membership, RaftMembership::Pending);
-                    assert_eq!(
-                        s.tokens["h"].used_by,
-                        Some(name(n)),
-                        "{scenario}: token consumed"
-                    );
+                    assert_eq!(s.tokens["h"].used_by, Some(name(n)), "{scenario}: token consumed");
                 }
                 Err(reason) => {
                     assert_eq!(got, Outcome::Rejected { reason }, "{scenario}");
@@ -1036,71 +813,33 @@ mod tests {
     #[test]
     fn unknown_token_and_reuse_are_refused() {
         let mut s = St::three().0;
-        let got = s.apply(Command::Join {
-            token_hash: "nope".into(),
-            now_ms: 1,
-            member: new_member("n4", 5000),
-        });
-        assert_eq!(
-            got,
-            Outcome::Rejected {
-                reason: Rejection::UnknownToken
-            }
-        );
-        s.apply(Command::CreateToken {
-            hash: "t".into(),
-            expires_at_ms: 100,
-        });
+        let got =
+            s.apply(Command::Join { token_hash: "nope".into(), now_ms: 1, member: new_member("n4", 5000) });
+        assert_eq!(got, Outcome::Rejected { reason: Rejection::UnknownToken });
+        s.apply(Command::CreateToken { hash: "t".into(), expires_at_ms: 100 });
         assert!(s
-            .apply(Command::Join {
-                token_hash: "t".into(),
-                now_ms: 1,
-                member: new_member("n4", 5000)
-            })
+            .apply(Command::Join { token_hash: "t".into(), now_ms: 1, member: new_member("n4", 5000) })
             .is_accepted());
-        let again = s.apply(Command::Join {
-            token_hash: "t".into(),
-            now_ms: 2,
-            member: new_member("n5", 6000),
-        });
+        let again =
+            s.apply(Command::Join { token_hash: "t".into(), now_ms: 2, member: new_member("n5", 6000) });
+        assert_eq!(again, Outcome::Rejected { reason: Rejection::TokenUsed { by: name("n4") } });
         assert_eq!(
-            again,
-            Outcome::Rejected {
-                reason: Rejection::TokenUsed { by: name("n4") }
-            }
-        );
-        assert_eq!(
-            s.apply(Command::CreateToken {
-                hash: "t".into(),
-                expires_at_ms: 100
-            }),
-            Outcome::Rejected {
-                reason: Rejection::DuplicateToken
-            }
+            s.apply(Command::CreateToken { hash: "t".into(), expires_at_ms: 100 }),
+            Outcome::Rejected { reason: Rejection::DuplicateToken }
         );
     }
 
     #[test]
     fn duplicate_addresses_are_refused() {
         let mut s = St::three().0;
-        s.apply(Command::CreateToken {
-            hash: "t".into(),
-            expires_at_ms: 100,
-        });
+        s.apply(Command::CreateToken { hash: "t".into(), expires_at_ms: 100 });
         let mut m = new_member("n9", 7000);
         m.raft_address = s.members[&name("n2")].raft_address.clone();
-        let got = s.apply(Command::Join {
-            token_hash: "t".into(),
-            now_ms: 1,
-            member: m.clone(),
-        });
+        let got = s.apply(Command::Join { token_hash: "t".into(), now_ms: 1, member: m.clone() });
         assert_eq!(
             got,
             Outcome::Rejected {
-                reason: Rejection::DuplicateAddress {
-                    address: m.raft_address,
-                    member: name("n2")
-                }
+                reason: Rejection::DuplicateAddress { address: m.raft_address, member: name("n2") }
             }
         );
     }
@@ -1109,38 +848,17 @@ mod tests {
     fn membership_follows_raft_and_removal_drops_member() {
         let mut s = St::three().0;
         let id = s.members[&name("n2")].node_id;
-        s.apply(Command::SetMembership {
-            node_id: id,
-            membership: Some(RaftMembership::Learner),
-        });
+        s.apply(Command::SetMembership { node_id: id, membership: Some(RaftMembership::Learner) });
         assert_eq!(s.members[&name("n2")].membership, RaftMembership::Learner);
-        s.apply(Command::SetMembership {
-            node_id: id,
-            membership: Some(RaftMembership::Voter),
-        });
+        s.apply(Command::SetMembership { node_id: id, membership: Some(RaftMembership::Voter) });
         assert!(s.raft_node_ids().contains(&id));
-        s.apply(Command::SetMembership {
-            node_id: id,
-            membership: None,
-        });
+        s.apply(Command::SetMembership { node_id: id, membership: None });
         assert!(!s.members.contains_key(&name("n2")));
         // Applying the removal again is harmless; ids are never reused.
-        assert_eq!(
-            s.apply(Command::SetMembership {
-                node_id: id,
-                membership: None
-            }),
-            Outcome::Accepted
-        );
-        s.apply(Command::CreateToken {
-            hash: "t".into(),
-            expires_at_ms: 100,
-        });
-        let out = s.apply(Command::Join {
-            token_hash: "t".into(),
-            now_ms: 1,
-            member: new_member("n2", 8000),
-        });
+        assert_eq!(s.apply(Command::SetMembership { node_id: id, membership: None }), Outcome::Accepted);
+        s.apply(Command::CreateToken { hash: "t".into(), expires_at_ms: 100 });
+        let out =
+            s.apply(Command::Join { token_hash: "t".into(), now_ms: 1, member: new_member("n2", 8000) });
         assert_eq!(out, Outcome::Joined { node_id: NodeId(4) });
     }
 
@@ -1179,39 +897,19 @@ mod tests {
     #[test]
     fn prune_drops_used_and_expired_tokens_only() {
         let mut s = St::three().0;
-        s.tokens.insert(
-            "fresh".into(),
-            JoinToken {
-                expires_at_ms: 500,
-                used_by: None,
-            },
-        );
-        s.tokens.insert(
-            "old".into(),
-            JoinToken {
-                expires_at_ms: 50,
-                used_by: None,
-            },
-        );
+        s.tokens.insert("fresh".into(), JoinToken { expires_at_ms: 500, used_by: None });
+        s.tokens.insert("old".into(), JoinToken { expires_at_ms: 50, used_by: None });
         s.apply(Command::PruneTokens { now_ms: 100 });
         assert_eq!(s.tokens.keys().collect::<Vec<_>>(), vec!["fresh"]);
     }
 
     #[test]
     fn apply_is_deterministic() {
-        let cmds = vec![
-            acquire("n1", 0, 1),
-            renew("n1", 1, 2),
-            expire(1, 2),
-            acquire("n3", 1, 1),
-        ];
+        let cmds = vec![acquire("n1", 0, 1), renew("n1", 1, 2), expire(1, 2), acquire("n3", 1, 1)];
         let (mut a, mut b) = (St::three().0, St::three().0);
         let oa: Vec<_> = cmds.iter().cloned().map(|c| a.apply(c)).collect();
         let ob: Vec<_> = cmds.into_iter().map(|c| b.apply(c)).collect();
         assert_eq!(oa, ob);
-        assert_eq!(
-            serde_json::to_vec(&a).unwrap(),
-            serde_json::to_vec(&b).unwrap()
-        );
+        assert_eq!(serde_json::to_vec(&a).unwrap(), serde_json::to_vec(&b).unwrap());
     }
 }

@@ -17,7 +17,6 @@ use super::codec::{self, Hello};
 use super::state::ClusterState;
 use crate::clock::{self, BootInstant};
 use crate::tls::{self, pki, NodeTls};
-pub use tokio_rustls::TlsAcceptor as RaftAcceptor;
 use crate::types::{MemberName, NodeId};
 use raft::eraftpb::Message;
 use std::collections::BTreeMap;
@@ -26,6 +25,7 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+pub use tokio_rustls::TlsAcceptor as RaftAcceptor;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Messages queued per peer before new ones are dropped.
@@ -54,11 +54,7 @@ impl Reachability {
     }
     /// A peer counts as reachable if we delivered a frame to it within `window`.
     pub fn reachable(&self, id: NodeId, now: BootInstant, window: Duration) -> bool {
-        self.0
-            .lock()
-            .expect("reachability lock")
-            .get(&id)
-            .is_some_and(|t| now.saturating_since(*t) <= window)
+        self.0.lock().expect("reachability lock").get(&id).is_some_and(|t| now.saturating_since(*t) <= window)
     }
 }
 
@@ -304,7 +300,10 @@ async fn inbound(
         .map_err(|e| format!("TLS handshake: {}", tls::describe_handshake_error(&e)))?;
     let identity = tls::peer_identity_from_conn(tls.get_ref().1, &me.scope).map_err(|e| e.to_string())?;
     if identity.role != pki::Role::Member {
-        return Err(format!("{} presented a {:?} certificate, not a member certificate", identity.name, identity.role));
+        return Err(format!(
+            "{} presented a {:?} certificate, not a member certificate",
+            identity.name, identity.role
+        ));
     }
     let hello = tokio::time::timeout(CONNECT_TIMEOUT, codec::read_frame(&mut tls))
         .await
@@ -366,7 +365,11 @@ mod tests {
     /// (scenario, certificate name, hello, expected admitted)
     #[test]
     fn admission_rules() {
-        let hello = |n: &str, id: u64, inc: &str| Hello { incarnation: inc.into(), node_id: NodeId(id), name: name(n) };
+        let hello = |n: &str, id: u64, inc: &str| Hello {
+            incarnation: inc.into(),
+            node_id: NodeId(id),
+            name: name(n),
+        };
         let s = state();
         let rows = [
             ("current member", "n1", hello("n1", 1, "inc-1"), true),

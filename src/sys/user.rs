@@ -45,11 +45,7 @@ pub enum UserError {
         "cannot switch to OS user {name:?}: {step} failed ({source}): start pgha as root, or as \
          {name} itself"
     )]
-    Switch {
-        name: String,
-        step: &'static str,
-        source: nix::errno::Errno,
-    },
+    Switch { name: String, step: &'static str, source: nix::errno::Errno },
     #[error(
         "after switching to OS user {name:?} the process could still become root again; \
          refusing to continue (is a capability such as CAP_SETUID granted to pgha?)"
@@ -59,21 +55,15 @@ pub enum UserError {
         "cannot give {} to uid {uid}: {source}: pgha must run as root to change owners",
         path.display()
     )]
-    Chown {
-        path: PathBuf,
-        uid: u32,
-        source: io::Error,
-    },
+    Chown { path: PathBuf, uid: u32, source: io::Error },
 }
 
 impl ServiceUser {
     /// Looks `name` up in `/etc/passwd` and `/etc/group`.
     pub fn lookup(name: &str) -> Result<ServiceUser, UserError> {
         let read = |path: &str| {
-            std::fs::read_to_string(path).map_err(|source| UserError::Unreadable {
-                path: PathBuf::from(path),
-                source,
-            })
+            std::fs::read_to_string(path)
+                .map_err(|source| UserError::Unreadable { path: PathBuf::from(path), source })
         };
         ServiceUser::lookup_in(name, &read(PASSWD_PATH)?, &read(GROUP_PATH)?)
     }
@@ -82,9 +72,7 @@ impl ServiceUser {
     /// and malformed lines and NIS `+`/`-` entries are skipped; the first matching entry wins,
     /// as with libc's `files` source.
     pub fn lookup_in(name: &str, passwd: &str, group: &str) -> Result<ServiceUser, UserError> {
-        let not_found = || UserError::NotFound {
-            name: name.to_owned(),
-        };
+        let not_found = || UserError::NotFound { name: name.to_owned() };
         if name.is_empty() {
             return Err(not_found());
         }
@@ -103,13 +91,7 @@ impl ServiceUser {
                 groups.push(g);
             }
         }
-        Ok(ServiceUser {
-            name: name.to_owned(),
-            uid,
-            gid,
-            home,
-            groups,
-        })
+        Ok(ServiceUser { name: name.to_owned(), uid, gid, home, groups })
     }
 }
 
@@ -142,25 +124,15 @@ pub fn is_root() -> bool {
 /// as root stays open.
 pub fn drop_privileges(user: &ServiceUser) -> Result<(), UserError> {
     if user.uid == 0 {
-        return Err(UserError::RootServiceUser {
-            name: user.name.clone(),
-        });
+        return Err(UserError::RootServiceUser { name: user.name.clone() });
     }
-    let switch = |step| {
-        move |source| UserError::Switch {
-            name: user.name.clone(),
-            step,
-            source,
-        }
-    };
+    let switch = |step| move |source| UserError::Switch { name: user.name.clone(), step, source };
     let groups: Vec<Gid> = user.groups.iter().map(|&g| Gid::from_raw(g)).collect();
     nix::unistd::setgroups(&groups).map_err(switch("setgroups"))?;
     nix::unistd::setgid(Gid::from_raw(user.gid)).map_err(switch("setgid"))?;
     nix::unistd::setuid(Uid::from_raw(user.uid)).map_err(switch("setuid"))?;
     if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
-        return Err(UserError::RootRegainable {
-            name: user.name.clone(),
-        });
+        return Err(UserError::RootRegainable { name: user.name.clone() });
     }
     Ok(())
 }
@@ -199,9 +171,7 @@ pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), UserError> {
 /// ```ignore
 /// unsafe { command.pre_exec(child_pre_exec(&user)) };
 /// ```
-pub fn child_pre_exec(
-    user: &ServiceUser,
-) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
+pub fn child_pre_exec(user: &ServiceUser) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
     let uid: libc::uid_t = user.uid;
     let gid: libc::gid_t = user.gid;
     let groups: Vec<libc::gid_t> = user.groups.clone();
@@ -274,28 +244,12 @@ dup:x:104:postgres
 
     #[test]
     fn missing_and_malformed_entries_are_not_found() {
-        for name in [
-            "nobody-here",
-            "broken",
-            "short",
-            "nisuser",
-            "+nisuser",
-            "",
-            "#",
-        ] {
+        for name in ["nobody-here", "broken", "short", "nisuser", "+nisuser", "", "#"] {
             let err = ServiceUser::lookup_in(name, PASSWD, GROUP).unwrap_err();
-            assert!(
-                matches!(&err, UserError::NotFound { name: n } if n == name),
-                "{name}"
-            );
+            assert!(matches!(&err, UserError::NotFound { name: n } if n == name), "{name}");
         }
-        let text = ServiceUser::lookup_in("pg", PASSWD, GROUP)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            text.contains("useradd --system pg") && text.contains("user:"),
-            "{text}"
-        );
+        let text = ServiceUser::lookup_in("pg", PASSWD, GROUP).unwrap_err().to_string();
+        assert!(text.contains("useradd --system pg") && text.contains("user:"), "{text}");
     }
 
     #[test]
@@ -316,10 +270,7 @@ dup:x:104:postgres
     #[test]
     fn root_is_never_a_service_user() {
         let root = ServiceUser::lookup_in("root", PASSWD, GROUP).unwrap();
-        assert!(matches!(
-            drop_privileges(&root),
-            Err(UserError::RootServiceUser { .. })
-        ));
+        assert!(matches!(drop_privileges(&root), Err(UserError::RootServiceUser { .. })));
     }
 
     /// The child gets the user's uid, gid and supplementary groups. As root this really
@@ -336,11 +287,7 @@ dup:x:104:postgres
                 uid: me,
                 gid: nix::unistd::getegid().as_raw(),
                 home: PathBuf::from("/"),
-                groups: nix::unistd::getgroups()
-                    .unwrap()
-                    .iter()
-                    .map(|g| g.as_raw())
-                    .collect(),
+                groups: nix::unistd::getgroups().unwrap().iter().map(|g| g.as_raw()).collect(),
             }
         };
         let mut command = std::process::Command::new("sh");
@@ -350,10 +297,8 @@ dup:x:104:postgres
         let out = command.output().unwrap();
         assert!(out.status.success(), "{out:?}");
         let text = String::from_utf8(out.stdout).unwrap();
-        let lines: Vec<Vec<u32>> = text
-            .lines()
-            .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
-            .collect();
+        let lines: Vec<Vec<u32>> =
+            text.lines().map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect()).collect();
         assert_eq!(lines[0], vec![user.uid], "{text}");
         assert_eq!(lines[1], vec![user.gid], "{text}");
         let mut want = user.groups.clone();

@@ -18,8 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, ClientConfig, CommonState, RootCertStore, ServerConfig,
-    SupportedProtocolVersion,
+    CertificateError, ClientConfig, CommonState, RootCertStore, ServerConfig, SupportedProtocolVersion,
 };
 
 use super::pki::{self, Identity, PkiError, Role};
@@ -38,18 +37,12 @@ pub enum TlsError {
         "cannot read {path}: {source}; run `pgha init` (first node) or `pgha join` (other \
          nodes) to create it, or fix the path in the config file"
     )]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error(
         "{source_name} holds no {what}: it is empty or damaged; run `pgha init` or `pgha join` \
          again to rewrite it"
     )]
-    Pem {
-        source_name: String,
-        what: &'static str,
-    },
+    Pem { source_name: String, what: &'static str },
     #[error("{certfile} is not a pgha node certificate: {source}")]
     NotNodeCertificate { certfile: String, source: PkiError },
     #[error("{certfile} holds a {role} certificate; the node needs its member certificate from `pgha init`/`pgha join`")]
@@ -58,20 +51,12 @@ pub enum TlsError {
         "the key in {keyfile} does not belong to the certificate in {certfile} ({reason}); \
          restore the pair written by `pgha init`/`pgha join`"
     )]
-    KeyMismatch {
-        certfile: String,
-        keyfile: String,
-        reason: String,
-    },
+    KeyMismatch { certfile: String, keyfile: String, reason: String },
     #[error(
         "{certfile} does not verify against the CA in {cafile} ({reason}): it is from another \
          cluster, expired, or not yet valid; re-issue it with `pgha join`"
     )]
-    NotFromCa {
-        certfile: String,
-        cafile: String,
-        reason: String,
-    },
+    NotFromCa { certfile: String, cafile: String, reason: String },
     #[error("TLS configuration failed: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("TLS configuration failed: {0}")]
@@ -124,50 +109,28 @@ impl NodeTls {
 
     /// Checks everything a handshake would only reveal later: the leaf is a member certificate,
     /// the key is its key, and it verifies against the CA now.
-    fn build(
-        ca_pem: &str,
-        cert_pem: &str,
-        key_pem: &str,
-        names: [String; 3],
-    ) -> Result<NodeTls, TlsError> {
+    fn build(ca_pem: &str, cert_pem: &str, key_pem: &str, names: [String; 3]) -> Result<NodeTls, TlsError> {
         let [cafile, certfile, keyfile] = names;
         let ca_der = parse_cert(ca_pem, &cafile, "CA certificate")?;
         let leaf = parse_cert(cert_pem, &certfile, "certificate")?;
         let key = parse_key(key_pem, &keyfile)?;
-        let identity = pki::identity_of(&leaf).map_err(|source| TlsError::NotNodeCertificate {
-            certfile: certfile.clone(),
-            source,
-        })?;
+        let identity = pki::identity_of(&leaf)
+            .map_err(|source| TlsError::NotNodeCertificate { certfile: certfile.clone(), source })?;
         if identity.role != Role::Member {
-            return Err(TlsError::WrongRole {
-                certfile,
-                role: identity.role,
-            });
+            return Err(TlsError::WrongRole { certfile, role: identity.role });
         }
         let chain = vec![leaf, ca_der.clone()];
         CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()).map_err(|e| {
-            TlsError::KeyMismatch {
-                certfile: certfile.clone(),
-                keyfile,
-                reason: e.to_string(),
-            }
+            TlsError::KeyMismatch { certfile: certfile.clone(), keyfile, reason: e.to_string() }
         })?;
         // The client verifier checks chain, validity and the clientAuth EKU every member has.
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(roots(&ca_der)?, provider()).build()?;
-        verifier
-            .verify_client_cert(&chain[0], &[], wall_now())
-            .map_err(|e| TlsError::NotFromCa {
-                certfile,
-                cafile,
-                reason: e.to_string(),
-            })?;
-        Ok(NodeTls {
-            ca_der,
-            chain,
-            key,
-            identity,
-        })
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots(&ca_der)?, provider()).build()?;
+        verifier.verify_client_cert(&chain[0], &[], wall_now()).map_err(|e| TlsError::NotFromCa {
+            certfile,
+            cafile,
+            reason: e.to_string(),
+        })?;
+        Ok(NodeTls { ca_der, chain, key, identity })
     }
 
     pub fn scope(&self) -> &str {
@@ -184,12 +147,8 @@ impl NodeTls {
 /// a member of this scope; ALPN `pgha-raft/1`, TLS 1.3. The caller still checks, with
 /// [`peer_identity_from_conn`], that the member is in the current configuration.
 pub fn raft_server_config(node: &NodeTls) -> Result<Arc<ServerConfig>, TlsError> {
-    let webpki =
-        WebPkiClientVerifier::builder_with_provider(roots(&node.ca_der)?, provider()).build()?;
-    let verifier = MemberClientVerifier {
-        inner: webpki,
-        scope: node.scope().to_owned(),
-    };
+    let webpki = WebPkiClientVerifier::builder_with_provider(roots(&node.ca_der)?, provider()).build()?;
+    let verifier = MemberClientVerifier { inner: webpki, scope: node.scope().to_owned() };
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(RAFT_VERSIONS)?
         .with_client_cert_verifier(Arc::new(verifier))
@@ -201,12 +160,8 @@ pub fn raft_server_config(node: &NodeTls) -> Result<Arc<ServerConfig>, TlsError>
 /// Raft client: presents the node certificate, accepts only a member of this scope certified by
 /// the cluster CA for the address dialled; ALPN `pgha-raft/1`, TLS 1.3.
 pub fn raft_client_config(node: &NodeTls) -> Result<Arc<ClientConfig>, TlsError> {
-    let webpki =
-        WebPkiServerVerifier::builder_with_provider(roots(&node.ca_der)?, provider()).build()?;
-    let verifier = MemberServerVerifier {
-        inner: webpki,
-        scope: node.scope().to_owned(),
-    };
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots(&node.ca_der)?, provider()).build()?;
+    let verifier = MemberServerVerifier { inner: webpki, scope: node.scope().to_owned() };
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(RAFT_VERSIONS)?
         .dangerous()
@@ -253,20 +208,13 @@ pub fn api_client_config(
 /// yields the CA's DER after the handshake, to be saved as `ca.crt`. Accepts the fingerprint
 /// with or without colons, in either case.
 pub fn pinned_client_config(fingerprint: &str) -> Result<(Arc<ClientConfig>, PinnedCa), TlsError> {
-    let normalized: String = fingerprint
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
+    let normalized: String =
+        fingerprint.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
     if normalized.len() != 64 || !normalized.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(TlsError::BadFingerprint(fingerprint.to_owned()));
     }
     let found = PinnedCa::default();
-    let verifier = PinnedCaVerifier {
-        fingerprint: normalized,
-        provider: provider(),
-        found: found.clone(),
-    };
+    let verifier = PinnedCaVerifier { fingerprint: normalized, provider: provider(), found: found.clone() };
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -296,9 +244,7 @@ pub fn peer_identity_from_certs(
     certs: Option<&[CertificateDer<'_>]>,
     scope: &str,
 ) -> Result<Identity, TlsError> {
-    let leaf = certs
-        .and_then(|c| c.first())
-        .ok_or(TlsError::NoPeerCertificate)?;
+    let leaf = certs.and_then(|c| c.first()).ok_or(TlsError::NoPeerCertificate)?;
     Ok(pki::peer_identity(leaf, scope)?)
 }
 
@@ -306,9 +252,7 @@ pub fn peer_identity_from_certs(
 /// displays a verifier's own error (`CertificateError::Other`) with `Debug`; this digs it out so
 /// the operator reads pgha's message ("... pinned by the join token ...") instead.
 pub fn describe_handshake_error(err: &std::io::Error) -> String {
-    let inner = err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>());
+    let inner = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
     match inner {
         Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) => {
             format!("invalid peer certificate: {}", other.0)
@@ -319,11 +263,7 @@ pub fn describe_handshake_error(err: &std::io::Error) -> String {
 
 /// The cluster CA from its file, for `pgha ctl` (`ctl.cacert`).
 pub fn load_ca(cafile: &Path) -> Result<CertificateDer<'static>, TlsError> {
-    parse_cert(
-        &read(cafile)?,
-        &cafile.display().to_string(),
-        "CA certificate",
-    )
+    parse_cert(&read(cafile)?, &cafile.display().to_string(), "CA certificate")
 }
 
 /// A certificate chain and key from files, for `pgha ctl` (`ctl.certfile`, `ctl.keyfile`).
@@ -331,18 +271,12 @@ pub fn load_client_auth(
     certfile: &Path,
     keyfile: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-    let (cert_name, key_name) = (
-        certfile.display().to_string(),
-        keyfile.display().to_string(),
-    );
+    let (cert_name, key_name) = (certfile.display().to_string(), keyfile.display().to_string());
     let chain = CertificateDer::pem_slice_iter(read(certfile)?.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .ok()
         .filter(|c| !c.is_empty())
-        .ok_or(TlsError::Pem {
-            source_name: cert_name,
-            what: "certificate",
-        })?;
+        .ok_or(TlsError::Pem { source_name: cert_name, what: "certificate" })?;
     Ok((chain, parse_key(&read(keyfile)?, &key_name)?))
 }
 
@@ -363,30 +297,19 @@ fn wall_now() -> UnixTime {
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::read_to_string(path)
+        .map_err(|source| TlsError::Read { path: path.display().to_string(), source })
 }
 
-fn parse_cert(
-    pem: &str,
-    source_name: &str,
-    what: &'static str,
-) -> Result<CertificateDer<'static>, TlsError> {
+fn parse_cert(pem: &str, source_name: &str, what: &'static str) -> Result<CertificateDer<'static>, TlsError> {
     pki::first_cert_der(pem, source_name)
         .map(CertificateDer::from)
-        .map_err(|_| TlsError::Pem {
-            source_name: source_name.to_owned(),
-            what,
-        })
+        .map_err(|_| TlsError::Pem { source_name: source_name.to_owned(), what })
 }
 
 fn parse_key(pem: &str, source_name: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| TlsError::Pem {
-        source_name: source_name.to_owned(),
-        what: "private key",
-    })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|_| TlsError::Pem { source_name: source_name.to_owned(), what: "private key" })
 }
 
 #[cfg(test)]

@@ -18,12 +18,7 @@ fn install_ring() {
 
 fn member_cert(ca: &CaPem, name: &str) -> CertPem {
     let id = Identity::member(SCOPE, MemberName::new(name).unwrap()).unwrap();
-    issue_member_cert(
-        ca,
-        &id,
-        &["127.0.0.1".to_string(), format!("{name}.example.com")],
-    )
-    .unwrap()
+    issue_member_cert(ca, &id, &["127.0.0.1".to_string(), format!("{name}.example.com")]).unwrap()
 }
 
 fn node(ca: &CaPem, name: &str) -> NodeTls {
@@ -40,10 +35,7 @@ fn ctl_auth(ca: &CaPem, name: &str) -> (Vec<CertificateDer<'static>>, PrivateKey
     let id = Identity::client(SCOPE, MemberName::new(name).unwrap()).unwrap();
     let cert = issue_client_cert(ca, &id).unwrap();
     let der = pki::first_cert_der(&cert.cert_pem, "test").unwrap();
-    (
-        vec![der.into()],
-        PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap(),
-    )
+    (vec![der.into()], PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap())
 }
 
 /// A copy of `config` offering the Raft ALPN, so a refusal can only come from the certificate.
@@ -74,10 +66,8 @@ async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>, host: &
     let addr = listener.local_addr().unwrap();
     let server_task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let mut tls = TlsAcceptor::from(server)
-            .accept(tcp)
-            .await
-            .map_err(|e| describe_handshake_error(&e))?;
+        let mut tls =
+            TlsAcceptor::from(server).accept(tcp).await.map_err(|e| describe_handshake_error(&e))?;
         let (_, conn) = tls.get_ref();
         let identity = peer_identity_from_conn(conn, SCOPE).map_err(|e| e.to_string());
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
@@ -88,24 +78,15 @@ async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>, host: &
     let name = server_name(host).unwrap();
     let client_side = async move {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let mut tls = TlsConnector::from(client)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| describe_handshake_error(&e))?;
+        let mut tls =
+            TlsConnector::from(client).connect(name, tcp).await.map_err(|e| describe_handshake_error(&e))?;
         let mut buf = [0u8; 2];
-        tls.read_exact(&mut buf)
-            .await
-            .map_err(|e| describe_handshake_error(&e))?;
+        tls.read_exact(&mut buf).await.map_err(|e| describe_handshake_error(&e))?;
         assert_eq!(&buf, b"ok");
         peer_identity_from_conn(tls.get_ref().1, SCOPE).map_err(|e| e.to_string())
     };
-    let client = tokio::time::timeout(DEADLINE, client_side)
-        .await
-        .expect("client hung");
-    let server = tokio::time::timeout(DEADLINE, server_task)
-        .await
-        .expect("server hung")
-        .unwrap();
+    let client = tokio::time::timeout(DEADLINE, client_side).await.expect("client hung");
+    let server = tokio::time::timeout(DEADLINE, server_task).await.expect("server hung").unwrap();
     Seen { server, client }
 }
 
@@ -117,31 +98,19 @@ fn member_id(name: &str) -> Identity {
 async fn members_complete_the_raft_handshake_and_see_each_other() {
     let ca = generate_ca(SCOPE).unwrap();
     let (n1, n2) = (node(&ca, "n1"), node(&ca, "n2"));
-    let seen = handshake(
-        raft_server_config(&n1).unwrap(),
-        raft_client_config(&n2).unwrap(),
-        "127.0.0.1",
-    )
-    .await;
+    let seen =
+        handshake(raft_server_config(&n1).unwrap(), raft_client_config(&n2).unwrap(), "127.0.0.1").await;
     let (client_id, alpn) = seen.server.expect("server accepts a member");
     assert_eq!(client_id.unwrap(), member_id("n2"));
     assert_eq!(alpn.as_deref(), Some(RAFT_ALPN));
     assert_eq!(seen.client.unwrap(), member_id("n1"));
 
     // By DNS name too; a name the certificate does not carry is refused by the client.
-    let seen = handshake(
-        raft_server_config(&n1).unwrap(),
-        raft_client_config(&n2).unwrap(),
-        "n1.example.com",
-    )
-    .await;
+    let seen =
+        handshake(raft_server_config(&n1).unwrap(), raft_client_config(&n2).unwrap(), "n1.example.com").await;
     assert!(seen.client.is_ok(), "{seen:?}");
-    let seen = handshake(
-        raft_server_config(&n1).unwrap(),
-        raft_client_config(&n2).unwrap(),
-        "n9.example.com",
-    )
-    .await;
+    let seen =
+        handshake(raft_server_config(&n1).unwrap(), raft_client_config(&n2).unwrap(), "n9.example.com").await;
     assert!(seen.client.is_err() && seen.server.is_err(), "{seen:?}");
 }
 
@@ -153,30 +122,19 @@ async fn raft_refuses_a_member_of_another_cluster_ca() {
     let stranger = node(&other_ca, "n2");
     // A client that trusts our CA but presents a member certificate of another one.
     let foreign = api_client_config(&ca_der(&ca), Some(stranger.client_auth())).unwrap();
-    let seen = handshake(
-        raft_server_config(&n1).unwrap(),
-        with_raft_alpn(foreign),
-        "127.0.0.1",
-    )
-    .await;
+    let seen = handshake(raft_server_config(&n1).unwrap(), with_raft_alpn(foreign), "127.0.0.1").await;
     let err = seen.server.unwrap_err();
     assert!(err.contains("invalid peer certificate"), "{err}");
     assert!(seen.client.is_err());
     // Two strangers refuse each other whoever speaks first.
-    let seen = handshake(
-        raft_server_config(&n1).unwrap(),
-        raft_client_config(&stranger).unwrap(),
-        "127.0.0.1",
-    )
-    .await;
+    let seen =
+        handshake(raft_server_config(&n1).unwrap(), raft_client_config(&stranger).unwrap(), "127.0.0.1")
+            .await;
     assert!(seen.client.is_err() && seen.server.is_err(), "{seen:?}");
     // And a member never talks Raft to a server of another CA.
-    let seen = handshake(
-        raft_server_config(&stranger).unwrap(),
-        raft_client_config(&n1).unwrap(),
-        "127.0.0.1",
-    )
-    .await;
+    let seen =
+        handshake(raft_server_config(&stranger).unwrap(), raft_client_config(&n1).unwrap(), "127.0.0.1")
+            .await;
     assert!(seen.client.is_err() && seen.server.is_err(), "{seen:?}");
 }
 
@@ -237,11 +195,8 @@ async fn a_joiner_pins_the_ca_by_fingerprint() {
     assert_eq!(found.get().unwrap(), ca_der(&ca));
 
     // openssl's spelling (upper case, colons) is accepted too.
-    let colons: Vec<String> = fp
-        .as_bytes()
-        .chunks(2)
-        .map(|c| String::from_utf8_lossy(c).to_uppercase())
-        .collect();
+    let colons: Vec<String> =
+        fp.as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).to_uppercase()).collect();
     assert!(pinned_client_config(&colons.join(":")).is_ok());
 
     let other = generate_ca(SCOPE).unwrap();
@@ -260,10 +215,7 @@ async fn a_joiner_pins_the_ca_by_fingerprint() {
     assert!(seen.client.is_err(), "{seen:?}");
 
     for bad in ["", "abc", &"g".repeat(64), &fp[..62]] {
-        assert!(
-            matches!(pinned_client_config(bad), Err(TlsError::BadFingerprint(_))),
-            "{bad:?}"
-        );
+        assert!(matches!(pinned_client_config(bad), Err(TlsError::BadFingerprint(_))), "{bad:?}");
     }
 }
 
@@ -273,45 +225,24 @@ fn node_tls_refuses_files_that_do_not_belong_together() {
     let n1 = member_cert(&ca, "n1");
     let n2 = member_cert(&ca, "n2");
     let mixed = NodeTls::from_pem(&ca.cert_pem, &n1.cert_pem, &n2.key_pem);
-    assert!(
-        matches!(mixed, Err(TlsError::KeyMismatch { .. })),
-        "{mixed:?}"
-    );
+    assert!(matches!(mixed, Err(TlsError::KeyMismatch { .. })), "{mixed:?}");
 
     let other = generate_ca(SCOPE).unwrap();
     let foreign = NodeTls::from_pem(&other.cert_pem, &n1.cert_pem, &n1.key_pem);
-    assert!(
-        matches!(foreign, Err(TlsError::NotFromCa { .. })),
-        "{foreign:?}"
-    );
+    assert!(matches!(foreign, Err(TlsError::NotFromCa { .. })), "{foreign:?}");
 
     let id = Identity::client(SCOPE, MemberName::new("ops").unwrap()).unwrap();
     let ctl = issue_client_cert(&ca, &id).unwrap();
     let wrong_role = NodeTls::from_pem(&ca.cert_pem, &ctl.cert_pem, &ctl.key_pem);
-    assert!(matches!(
-        wrong_role,
-        Err(TlsError::WrongRole {
-            role: Role::Client,
-            ..
-        })
-    ));
+    assert!(matches!(wrong_role, Err(TlsError::WrongRole { role: Role::Client, .. })));
 
     let empty = NodeTls::from_pem(&ca.cert_pem, "", &n1.key_pem);
-    assert!(matches!(
-        empty,
-        Err(TlsError::Pem {
-            what: "certificate",
-            ..
-        })
-    ));
+    assert!(matches!(empty, Err(TlsError::Pem { what: "certificate", .. })));
 
     let missing = Path::new("/nonexistent/pgha/node.crt");
     let err = NodeTls::load(Path::new("/nonexistent/ca.crt"), missing, missing).unwrap_err();
     let text = err.to_string();
-    assert!(
-        text.contains("/nonexistent/ca.crt") && text.contains("pgha join"),
-        "{text}"
-    );
+    assert!(text.contains("/nonexistent/ca.crt") && text.contains("pgha join"), "{text}");
 
     let ok = NodeTls::from_pem(&ca.cert_pem, &n1.cert_pem, &n1.key_pem).unwrap();
     assert_eq!(ok.identity, member_id("n1"));
@@ -325,12 +256,6 @@ fn server_names_are_ips_or_dns_names() {
     assert!(matches!(server_name("127.0.0.1").unwrap(), S::IpAddress(_)));
     assert!(matches!(server_name("::1").unwrap(), S::IpAddress(_)));
     assert!(matches!(server_name("[::1]").unwrap(), S::IpAddress(_)));
-    assert!(matches!(
-        server_name("node1.example.com").unwrap(),
-        S::DnsName(_)
-    ));
-    assert!(matches!(
-        server_name("bad host"),
-        Err(TlsError::BadServerName(_))
-    ));
+    assert!(matches!(server_name("node1.example.com").unwrap(), S::DnsName(_)));
+    assert!(matches!(server_name("bad host"), Err(TlsError::BadServerName(_))));
 }

@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use std::{fmt, str::FromStr};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::rand::SecureRandom;
 use rustls::pki_types::pem::PemObject;
@@ -41,9 +41,7 @@ pub enum PkiError {
          valid DNS name (it is also the cluster's service name in certificates)"
     )]
     BadScope(String),
-    #[error(
-        "{uri:?} is not a pgha identity ({reason}); expected pgha://<scope>/member|client/<name>"
-    )]
+    #[error("{uri:?} is not a pgha identity ({reason}); expected pgha://<scope>/member|client/<name>")]
     BadUri { uri: String, reason: String },
     #[error(
         "host {0:?} is neither an IP address nor a valid DNS name: fix the advertised address \
@@ -129,20 +127,12 @@ pub struct Identity {
 impl Identity {
     pub fn member(scope: &str, name: MemberName) -> Result<Identity, PkiError> {
         validate_scope(scope)?;
-        Ok(Identity {
-            scope: scope.to_owned(),
-            role: Role::Member,
-            name,
-        })
+        Ok(Identity { scope: scope.to_owned(), role: Role::Member, name })
     }
 
     pub fn client(scope: &str, name: MemberName) -> Result<Identity, PkiError> {
         validate_scope(scope)?;
-        Ok(Identity {
-            scope: scope.to_owned(),
-            role: Role::Client,
-            name,
-        })
+        Ok(Identity { scope: scope.to_owned(), role: Role::Client, name })
     }
 
     /// `pgha://<scope>/<role>/<name>`.
@@ -151,13 +141,8 @@ impl Identity {
     }
 
     pub fn parse_uri(uri: &str) -> Result<Identity, PkiError> {
-        let bad = |reason: &str| PkiError::BadUri {
-            uri: uri.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let rest = uri
-            .strip_prefix(URI_SCHEME)
-            .ok_or_else(|| bad("scheme is not pgha://"))?;
+        let bad = |reason: &str| PkiError::BadUri { uri: uri.to_owned(), reason: reason.to_owned() };
+        let rest = uri.strip_prefix(URI_SCHEME).ok_or_else(|| bad("scheme is not pgha://"))?;
         let mut parts = rest.split('/');
         let (Some(scope), Some(role), Some(name), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -171,11 +156,7 @@ impl Identity {
         };
         validate_scope(scope).map_err(|_| bad("invalid scope"))?;
         let name = MemberName::new(name).map_err(|_| bad("invalid name"))?;
-        Ok(Identity {
-            scope: scope.to_owned(),
-            role,
-            name,
-        })
+        Ok(Identity { scope: scope.to_owned(), role, name })
     }
 }
 
@@ -214,16 +195,12 @@ pub struct CertPem {
 
 impl fmt::Debug for CaPem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CaPem")
-            .field("key_pem", &"<secret>")
-            .finish_non_exhaustive()
+        f.debug_struct("CaPem").field("key_pem", &"<secret>").finish_non_exhaustive()
     }
 }
 impl fmt::Debug for CertPem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertPem")
-            .field("key_pem", &"<secret>")
-            .finish_non_exhaustive()
+        f.debug_struct("CertPem").field("key_pem", &"<secret>").finish_non_exhaustive()
     }
 }
 
@@ -238,10 +215,7 @@ pub fn generate_ca(scope: &str) -> Result<CaPem, PkiError> {
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     set_validity_and_serial(&mut params, CA_VALIDITY)?;
     let cert = params.self_signed(&key)?;
-    Ok(CaPem {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(CaPem { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// Hex SHA-256 of the first certificate in `cert_pem` (lowercase, no colons): what a join token
@@ -283,10 +257,7 @@ fn issue(ca: &CaPem, id: &Identity, hosts: &[String]) -> Result<CertPem, PkiErro
     let key = KeyPair::generate()?;
     let params = leaf_params(id, &host_sans(hosts)?)?;
     let cert = params.signed_by(&key, &issuer)?;
-    Ok(CertPem {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(CertPem { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// The joiner's side of `pgha join`: a fresh key and a CSR asking for the SANs that
@@ -311,8 +282,8 @@ pub fn sign_csr(
     expected: &Identity,
     allowed_hosts: &[String],
 ) -> Result<String, PkiError> {
-    let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-        .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+    let csr =
+        CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::BadCsr(e.to_string()))?;
     let allowed = allowed_host_sans(expected, allowed_hosts)?;
     let mut hosts = Vec::new();
     let mut saw_identity = false;
@@ -330,12 +301,8 @@ pub fn sign_csr(
                     expected: expected.uri(),
                 })
             }
-            SanType::IpAddress(ip) if allowed.contains(&HostSan::Ip(*ip)) => {
-                hosts.push(HostSan::Ip(*ip))
-            }
-            SanType::DnsName(dns)
-                if allowed.contains(&HostSan::Dns(dns.as_str().to_ascii_lowercase())) =>
-            {
+            SanType::IpAddress(ip) if allowed.contains(&HostSan::Ip(*ip)) => hosts.push(HostSan::Ip(*ip)),
+            SanType::DnsName(dns) if allowed.contains(&HostSan::Dns(dns.as_str().to_ascii_lowercase())) => {
                 hosts.push(HostSan::Dns(dns.as_str().to_ascii_lowercase()))
             }
             SanType::IpAddress(ip) => return Err(PkiError::CsrSanRefused(format!("IP:{ip}"))),
@@ -344,9 +311,7 @@ pub fn sign_csr(
         }
     }
     if !saw_identity {
-        return Err(PkiError::CsrMissingIdentity {
-            expected: expected.uri(),
-        });
+        return Err(PkiError::CsrMissingIdentity { expected: expected.uri() });
     }
     // Built from nothing but `expected` and the checked hosts: no field of the CSR but its
     // public key reaches the certificate.
@@ -359,21 +324,16 @@ pub fn sign_csr(
 pub fn peer_identity(cert_der: &[u8], scope: &str) -> Result<Identity, PkiError> {
     let id = identity_of(cert_der)?;
     if id.scope != scope {
-        return Err(PkiError::WrongScope {
-            found: id.scope,
-            expected: scope.to_owned(),
-        });
+        return Err(PkiError::WrongScope { found: id.scope, expected: scope.to_owned() });
     }
     Ok(id)
 }
 
 /// The identity in a certificate whatever its scope (a node reading its own certificate).
 pub fn identity_of(cert_der: &[u8]) -> Result<Identity, PkiError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    let san = cert.subject_alternative_name().map_err(|e| PkiError::BadCertificate(e.to_string()))?;
     let uris: Vec<&str> = san
         .iter()
         .flat_map(|ext| ext.value.general_names.iter())
@@ -385,9 +345,7 @@ pub fn identity_of(cert_der: &[u8]) -> Result<Identity, PkiError> {
     match uris.as_slice() {
         [] => Err(PkiError::NoIdentity),
         [uri] => Identity::parse_uri(uri),
-        many => Err(PkiError::SeveralIdentities(
-            many.iter().map(|u| u.to_string()).collect(),
-        )),
+        many => Err(PkiError::SeveralIdentities(many.iter().map(|u| u.to_string()).collect())),
     }
 }
 
@@ -440,10 +398,10 @@ fn allowed_host_sans(id: &Identity, hosts: &[String]) -> Result<Vec<HostSan>, Pk
 /// The SANs of a certificate for `id`: its URI, then (members only) the hosts, the always-present
 /// names and the scope, without duplicates.
 fn san_list(id: &Identity, hosts: &[HostSan]) -> Result<Vec<SanType>, PkiError> {
-    let uri = id.uri().try_into().map_err(|_| PkiError::BadUri {
-        uri: id.uri(),
-        reason: "not an IA5 string".into(),
-    })?;
+    let uri = id
+        .uri()
+        .try_into()
+        .map_err(|_| PkiError::BadUri { uri: id.uri(), reason: "not an IA5 string".into() })?;
     let mut sans = vec![SanType::URI(uri)];
     if id.role == Role::Client {
         return Ok(sans);
@@ -458,11 +416,9 @@ fn san_list(id: &Identity, hosts: &[HostSan]) -> Result<Vec<SanType>, PkiError> 
         seen.push(host.clone());
         sans.push(match host {
             HostSan::Ip(ip) => SanType::IpAddress(*ip),
-            HostSan::Dns(dns) => SanType::DnsName(
-                dns.clone()
-                    .try_into()
-                    .map_err(|_| PkiError::BadHost(dns.clone()))?,
-            ),
+            HostSan::Dns(dns) => {
+                SanType::DnsName(dns.clone().try_into().map_err(|_| PkiError::BadHost(dns.clone()))?)
+            }
         });
     }
     Ok(sans)
@@ -475,15 +431,9 @@ fn leaf_params(id: &Identity, hosts: &[HostSan]) -> Result<CertificateParams, Pk
     params.distinguished_name = common_name(id.name.as_str());
     params.subject_alt_names = san_list(id, hosts)?;
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = match id.role {
-        Role::Member => vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
+        Role::Member => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     params.use_authority_key_identifier_extension = true;
@@ -499,10 +449,7 @@ fn common_name(cn: &str) -> DistinguishedName {
 
 /// Validity from an hour ago for `lifetime`, and a random 127-bit serial (rcgen's default serial
 /// is derived from the key and its default validity is 1975–4096).
-fn set_validity_and_serial(
-    params: &mut CertificateParams,
-    lifetime: Duration,
-) -> Result<(), PkiError> {
+fn set_validity_and_serial(params: &mut CertificateParams, lifetime: Duration) -> Result<(), PkiError> {
     let now_s = (crate::clock::wall_now_ms() / 1000) as i64;
     let now = OffsetDateTime::from_unix_timestamp(now_s)
         .map_err(|e| PkiError::BadCertificate(format!("system clock out of range: {e}")))?;
@@ -525,9 +472,7 @@ fn ca_issuer(ca: &CaPem) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| PkiError::BadCa(format!("certificate: {e}")))?;
     if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(PkiError::BadCa(
-            "the CA key does not belong to the CA certificate".into(),
-        ));
+        return Err(PkiError::BadCa("the CA key does not belong to the CA certificate".into()));
     }
     if !cert.is_ca() {
         return Err(PkiError::BadCa("the CA certificate is not a CA".into()));

@@ -67,23 +67,11 @@ fn assert_leaf(cert: &X509Certificate<'_>, role: Role, cn: &str) {
     let ku = cert.key_usage().unwrap().unwrap().value;
     assert!(ku.digital_signature() && ku.key_encipherment());
     assert!(!ku.key_cert_sign() && !ku.crl_sign());
-    let got_cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .unwrap()
-        .as_str()
-        .unwrap();
+    let got_cn = cert.subject().iter_common_name().next().unwrap().as_str().unwrap();
     assert_eq!(got_cn, cn);
-    let (nb, na) = (
-        cert.validity().not_before.timestamp(),
-        cert.validity().not_after.timestamp(),
-    );
+    let (nb, na) = (cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp());
     let now = now_s();
-    assert!(
-        (now - 3700..=now - 3500).contains(&nb),
-        "not_before {nb} vs now {now}"
-    );
+    assert!((now - 3700..=now - 3500).contains(&nb), "not_before {nb} vs now {now}");
     assert!((now + 5 * 365 * DAY - 100..=now + 5 * 365 * DAY + 100).contains(&na));
     assert_eq!(cert.raw_serial().len(), 16);
 }
@@ -118,25 +106,13 @@ fn ca_is_a_constrained_long_lived_ca() {
         assert_eq!(bc.path_len_constraint, Some(0));
         let ku = cert.key_usage().unwrap().unwrap().value;
         assert!(ku.key_cert_sign() && ku.crl_sign());
-        let cn = cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .unwrap()
-            .as_str()
-            .unwrap();
+        let cn = cert.subject().iter_common_name().next().unwrap().as_str().unwrap();
         assert_eq!(cn, "pgha batman CA");
         let na = cert.validity().not_after.timestamp();
         assert!((now_s() + 20 * 365 * DAY - 100..=now_s() + 20 * 365 * DAY + 100).contains(&na));
     });
-    assert!(
-        !format!("{ca:?}").contains("PRIVATE"),
-        "Debug must hide the key"
-    );
-    assert!(matches!(
-        generate_ca("bad scope"),
-        Err(PkiError::BadScope(_))
-    ));
+    assert!(!format!("{ca:?}").contains("PRIVATE"), "Debug must hide the key");
+    assert!(matches!(generate_ca("bad scope"), Err(PkiError::BadScope(_))));
     // Random serials: two CAs never share one.
     let other = generate_ca("batman").unwrap();
     let serial = |pem: &str| with_cert(&der_of(pem), |c| c.raw_serial().to_vec());
@@ -148,46 +124,28 @@ fn fingerprint_is_lowercase_hex_sha256_of_the_der() {
     let ca = generate_ca("batman").unwrap();
     let fp = fingerprint(&ca.cert_pem).unwrap();
     assert_eq!(fp.len(), 64);
-    assert!(fp
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert!(fp.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
     assert_eq!(fp, fingerprint_der(&der_of(&ca.cert_pem)));
-    assert_eq!(
-        fingerprint_der(b"abc"),
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
-    assert!(matches!(
-        fingerprint("not pem"),
-        Err(PkiError::NoPemCertificate(_))
-    ));
+    assert_eq!(fingerprint_der(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert!(matches!(fingerprint("not pem"), Err(PkiError::NoPemCertificate(_))));
 }
 
 #[test]
 fn member_cert_names_its_hosts_localhost_and_the_scope() {
     let ca = generate_ca("batman").unwrap();
     let id = member("batman", "node1");
-    let cert = issue_member_cert(
-        &ca,
-        &id,
-        &hosts(&["10.0.0.11", "Node1.Example.com", "localhost"]),
-    )
-    .unwrap();
+    let cert = issue_member_cert(&ca, &id, &hosts(&["10.0.0.11", "Node1.Example.com", "localhost"])).unwrap();
     let der = der_of(&cert.cert_pem);
     with_cert(&der, |c| {
         assert_leaf(c, Role::Member, "node1");
         let (uris, dns, ips) = sans(c);
         assert_eq!(uris, vec![id.uri()]);
         assert_eq!(dns, vec!["node1.example.com", "localhost", "batman"]);
-        let want: Vec<IpAddr> = ["10.0.0.11", "127.0.0.1", "::1"]
-            .map(|i| i.parse().unwrap())
-            .into();
+        let want: Vec<IpAddr> = ["10.0.0.11", "127.0.0.1", "::1"].map(|i| i.parse().unwrap()).into();
         assert_eq!(ips, want);
     });
     assert_eq!(peer_identity(&der, "batman").unwrap(), id);
-    assert!(matches!(
-        peer_identity(&der, "robin"),
-        Err(PkiError::WrongScope { .. })
-    ));
+    assert!(matches!(peer_identity(&der, "robin"), Err(PkiError::WrongScope { .. })));
     assert!(matches!(
         issue_member_cert(&ca, &id, &hosts(&["bad host"])),
         Err(PkiError::BadHost(h)) if h == "bad host"
@@ -216,10 +174,7 @@ fn certificates_without_or_with_several_identities_are_refused() {
     let key = KeyPair::generate().unwrap();
     let plain = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     let der = plain.self_signed(&key).unwrap().der().to_vec();
-    assert!(matches!(
-        peer_identity(&der, "batman"),
-        Err(PkiError::NoIdentity)
-    ));
+    assert!(matches!(peer_identity(&der, "batman"), Err(PkiError::NoIdentity)));
 
     let mut two = CertificateParams::default();
     for n in ["a", "b"] {
@@ -227,13 +182,8 @@ fn certificates_without_or_with_several_identities_are_refused() {
         two.subject_alt_names.push(SanType::URI(uri));
     }
     let der = two.self_signed(&key).unwrap().der().to_vec();
-    assert!(
-        matches!(peer_identity(&der, "batman"), Err(PkiError::SeveralIdentities(u)) if u.len() == 2)
-    );
-    assert!(matches!(
-        peer_identity(b"junk", "batman"),
-        Err(PkiError::BadCertificate(_))
-    ));
+    assert!(matches!(peer_identity(&der, "batman"), Err(PkiError::SeveralIdentities(u)) if u.len() == 2));
+    assert!(matches!(peer_identity(b"junk", "batman"), Err(PkiError::BadCertificate(_))));
 }
 
 #[test]
@@ -251,10 +201,7 @@ fn csr_from_make_csr_is_signed_with_the_policy_fields() {
         assert_eq!(ips.len(), 3);
         // The certificate carries the joiner's public key, so its key_pem works with it.
         let key = KeyPair::from_pem(&key_pem).unwrap();
-        assert_eq!(
-            c.public_key().subject_public_key.data.as_ref(),
-            key.public_key_raw()
-        );
+        assert_eq!(c.public_key().subject_public_key.data.as_ref(), key.public_key_raw());
     });
     assert_eq!(peer_identity(&der, "batman").unwrap(), id);
 
@@ -272,10 +219,7 @@ fn greedy_csr(sans: Vec<SanType>) -> String {
     params.subject_alt_names = sans;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::Any,
-        ExtendedKeyUsagePurpose::CodeSigning,
-    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::Any, ExtendedKeyUsagePurpose::CodeSigning];
     params.serialize_request(&key).unwrap().pem().unwrap()
 }
 
@@ -293,9 +237,7 @@ fn csr_asking_for_ca_and_other_usages_is_neutralised() {
     let id = member("batman", "node2");
     let csr = greedy_csr(vec![uri_san(&id), dns_san("node2.example.com")]);
     // The request really asks for CA:TRUE (so the assertions below mean something).
-    let asked = CertificateSigningRequestParams::from_pem(&csr)
-        .unwrap()
-        .params;
+    let asked = CertificateSigningRequestParams::from_pem(&csr).unwrap().params;
     assert!(matches!(asked.is_ca, IsCa::Ca(_)));
     assert!(asked.key_usages.contains(&KeyUsagePurpose::KeyCertSign));
     let pem = sign_csr(&ca, &csr, &id, &hosts(&["node2.example.com"])).unwrap();
@@ -307,23 +249,12 @@ fn csr_outside_policy_is_refused_naming_the_san() {
     let ca = generate_ca("batman").unwrap();
     let id = member("batman", "node2");
     let allowed = hosts(&["10.0.0.12"]);
-    let sign = |sans: Vec<SanType>, expected: &Identity| {
-        sign_csr(&ca, &greedy_csr(sans), expected, &allowed)
-    };
+    let sign = |sans: Vec<SanType>, expected: &Identity| sign_csr(&ca, &greedy_csr(sans), expected, &allowed);
 
     let foreign = sign(vec![uri_san(&id), dns_san("bank.example.com")], &id);
     assert!(matches!(&foreign, Err(PkiError::CsrSanRefused(s)) if s.contains("bank.example.com")));
-    assert!(foreign
-        .unwrap_err()
-        .to_string()
-        .contains("bank.example.com"));
-    let ip = sign(
-        vec![
-            uri_san(&id),
-            SanType::IpAddress("10.9.9.9".parse().unwrap()),
-        ],
-        &id,
-    );
+    assert!(foreign.unwrap_err().to_string().contains("bank.example.com"));
+    let ip = sign(vec![uri_san(&id), SanType::IpAddress("10.9.9.9".parse().unwrap())], &id);
     assert!(matches!(ip, Err(PkiError::CsrSanRefused(s)) if s.contains("10.9.9.9")));
 
     let other_member = sign(vec![uri_san(&member("batman", "node1"))], &id);
@@ -331,10 +262,7 @@ fn csr_outside_policy_is_refused_naming_the_san() {
         matches!(other_member, Err(PkiError::CsrWrongIdentity { requested, .. }) if requested.ends_with("/node1"))
     );
     let other_scope = sign(vec![uri_san(&member("robin", "node2"))], &id);
-    assert!(matches!(
-        other_scope,
-        Err(PkiError::CsrWrongIdentity { .. })
-    ));
+    assert!(matches!(other_scope, Err(PkiError::CsrWrongIdentity { .. })));
     let as_client = sign(vec![uri_san(&client("batman", "node2"))], &id);
     assert!(matches!(as_client, Err(PkiError::CsrWrongIdentity { .. })));
     let two = sign(vec![uri_san(&id), uri_san(&member("batman", "node3"))], &id);
@@ -349,29 +277,17 @@ fn csr_outside_policy_is_refused_naming_the_san() {
     let client_dns = sign(vec![uri_san(&ops), dns_san("localhost")], &ops);
     assert!(matches!(client_dns, Err(PkiError::CsrSanRefused(s)) if s.contains("localhost")));
 
-    assert!(matches!(
-        sign_csr(&ca, "garbage", &id, &allowed),
-        Err(PkiError::BadCsr(_))
-    ));
+    assert!(matches!(sign_csr(&ca, "garbage", &id, &allowed), Err(PkiError::BadCsr(_))));
 }
 
 #[test]
 fn a_ca_whose_key_does_not_match_is_refused() {
     let ca = generate_ca("batman").unwrap();
     let other = generate_ca("batman").unwrap();
-    let mixed = CaPem {
-        cert_pem: ca.cert_pem.clone(),
-        key_pem: other.key_pem,
-    };
+    let mixed = CaPem { cert_pem: ca.cert_pem.clone(), key_pem: other.key_pem };
     let got = issue_member_cert(&mixed, &member("batman", "n1"), &[]);
     assert!(matches!(got, Err(PkiError::BadCa(_))));
     let leaf = issue_member_cert(&ca, &member("batman", "n1"), &[]).unwrap();
-    let not_ca = CaPem {
-        cert_pem: leaf.cert_pem,
-        key_pem: leaf.key_pem,
-    };
-    assert!(matches!(
-        issue_member_cert(&not_ca, &member("batman", "n2"), &[]),
-        Err(PkiError::BadCa(_))
-    ));
+    let not_ca = CaPem { cert_pem: leaf.cert_pem, key_pem: leaf.key_pem };
+    assert!(matches!(issue_member_cert(&not_ca, &member("batman", "n2"), &[]), Err(PkiError::BadCa(_))));
 }

@@ -24,8 +24,7 @@ use super::pki::{self, Role};
 
 /// Rejects (as a rustls error) any certificate that is not a member of `scope`.
 fn require_member(end_entity: &CertificateDer<'_>, scope: &str) -> Result<(), Error> {
-    let refuse =
-        |e: TlsError| Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))));
+    let refuse = |e: TlsError| Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))));
     let id = pki::peer_identity(end_entity, scope).map_err(|e| refuse(TlsError::Peer(e)))?;
     if id.role != Role::Member {
         return Err(refuse(TlsError::NotAMember(id.uri())));
@@ -51,9 +50,7 @@ impl ClientCertVerifier for MemberClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         require_member(end_entity, &self.scope)?;
         Ok(verified)
     }
@@ -98,13 +95,8 @@ impl ServerCertVerifier for MemberServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let verified = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
+        let verified =
+            self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
         require_member(end_entity, &self.scope)?;
         Ok(verified)
     }
@@ -140,10 +132,7 @@ pub struct PinnedCa(Arc<Mutex<Option<CertificateDer<'static>>>>);
 
 impl PinnedCa {
     pub fn get(&self) -> Option<CertificateDer<'static>> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn set(&self, der: CertificateDer<'static>) {
@@ -174,26 +163,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
             .chain(intermediates)
             .find(|cert| pki::fingerprint_der(cert) == self.fingerprint)
             .ok_or_else(|| {
-                let e = TlsError::PinMismatch {
-                    expected: self.fingerprint.clone(),
-                };
+                let e = TlsError::PinMismatch { expected: self.fingerprint.clone() };
                 Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
             })?
             .clone()
             .into_owned();
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone())?;
-        let webpki =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| Error::General(format!("pinned CA unusable as trust anchor: {e}")))?;
-        let verified = webpki.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| Error::General(format!("pinned CA unusable as trust anchor: {e}")))?;
+        let verified =
+            webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
         self.found.set(ca);
         Ok(verified)
     }
@@ -227,8 +208,6 @@ impl ServerCertVerifier for PinnedCaVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
