@@ -42,6 +42,9 @@ pub struct CoreConfig {
     pub name: MemberName,
     pub election_tick: usize,
     pub heartbeat_tick: usize,
+    /// Pins raft-rs's randomized election timeout to exactly this many ticks (raft-rs draws
+    /// it from its own thread RNG otherwise). The simulation sets it from its seed.
+    pub fixed_election_timeout: Option<usize>,
     /// Holder-side safety margin subtracted from every lease deadline.
     pub safety_margin: Duration,
     /// Take a snapshot and compact after this many applied entries.
@@ -58,6 +61,7 @@ impl CoreConfig {
             // With a 100 ms tick: elections after 1-2 s of silence, heartbeats every 200 ms.
             election_tick: 10,
             heartbeat_tick: 2,
+            fixed_election_timeout: None,
             safety_margin,
             snapshot_every: 1000,
             retain_entries: 200,
@@ -170,6 +174,10 @@ pub struct RaftCore<S: LogStore> {
     was_leader: bool,
     next_seq: u64,
     removed: bool,
+    /// A configuration change was applied after the latest snapshot. raft-rs refuses a
+    /// snapshot whose ConfState does not contain the receiving node, so a joiner can only be
+    /// caught up from a snapshot taken after it was added.
+    conf_changed: bool,
 }
 
 fn raft_config(cfg: &CoreConfig, applied: u64) -> raft::Config {
@@ -184,6 +192,8 @@ fn raft_config(cfg: &CoreConfig, applied: u64) -> raft::Config {
         check_quorum: true,
         max_size_per_msg: 1024 * 1024,
         max_inflight_msgs: 256,
+        min_election_tick: cfg.fixed_election_timeout.unwrap_or(0),
+        max_election_tick: cfg.fixed_election_timeout.map_or(0, |t| t + 1),
         ..Default::default()
     }
 }
@@ -219,6 +229,7 @@ impl<S: LogStore> RaftCore<S> {
             was_leader: false,
             next_seq: 1,
             removed: false,
+            conf_changed: false,
         })
     }
 
@@ -590,6 +601,7 @@ impl<S: LogStore> RaftCore<S> {
                     let cc = ConfChangeV2::parse_from_bytes(&entry.data)
                         .map_err(|e| CoreError::BadEntry { index, detail: e.to_string() })?;
                     self.conf_state = self.raw.apply_conf_change(&cc)?;
+                    self.conf_changed = true;
                     for change in cc.get_changes() {
                         let node_id = NodeId(change.node_id);
                         let membership = match change.get_change_type() {
@@ -627,7 +639,9 @@ impl<S: LogStore> RaftCore<S> {
 
     fn maybe_snapshot(&mut self) -> Result<(), CoreError> {
         let due = self.applied >= self.snapshot_index + self.cfg.snapshot_every;
-        if !(due || self.raw.store().snapshot_requested()) || self.applied == self.snapshot_index {
+        if !(due || self.conf_changed || self.raw.store().snapshot_requested())
+            || self.applied == self.snapshot_index
+        {
             return Ok(());
         }
         let Some(state) = &self.state else { return Ok(()) };
@@ -639,6 +653,7 @@ impl<S: LogStore> RaftCore<S> {
             self.cfg.retain_entries,
         )?;
         self.snapshot_index = self.applied;
+        self.conf_changed = false;
         Ok(())
     }
 }

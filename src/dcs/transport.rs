@@ -280,10 +280,30 @@ pub async fn serve(
         let (acceptor, me, state, inbox) = (acceptor.clone(), me.clone(), state.clone(), inbox.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = inbound(tcp, acceptor, me, state, inbox).await {
-                tracing::warn!(%addr, error = %e, "raft peer refused");
+            match inbound(tcp, acceptor, me, state, inbox).await {
+                Ok(()) => {}
+                Err(Inbound::Refused(e)) => tracing::warn!(%addr, error = %e, "raft peer refused"),
+                Err(Inbound::Lost(e)) => tracing::debug!(%addr, error = %e, "raft peer connection closed"),
             }
         });
+    }
+}
+
+/// Why an inbound connection ended: refused (logged as a warning: someone tried to get in) or
+/// lost after admission (a peer restarting; not worth a warning).
+enum Inbound {
+    Refused(String),
+    Lost(String),
+}
+
+impl From<String> for Inbound {
+    fn from(s: String) -> Self {
+        Inbound::Refused(s)
+    }
+}
+impl From<&str> for Inbound {
+    fn from(s: &str) -> Self {
+        Inbound::Refused(s.to_string())
     }
 }
 
@@ -293,17 +313,17 @@ async fn inbound(
     me: LocalIdentity,
     state: watch::Receiver<Option<Arc<ClusterState>>>,
     inbox: mpsc::Sender<Message>,
-) -> Result<(), String> {
+) -> Result<(), Inbound> {
     let mut tls = tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake: {}", tls::describe_handshake_error(&e)))?;
     let identity = tls::peer_identity_from_conn(tls.get_ref().1, &me.scope).map_err(|e| e.to_string())?;
     if identity.role != pki::Role::Member {
-        return Err(format!(
+        return Err(Inbound::Refused(format!(
             "{} presented a {:?} certificate, not a member certificate",
             identity.name, identity.role
-        ));
+        )));
     }
     let hello = tokio::time::timeout(CONNECT_TIMEOUT, codec::read_frame(&mut tls))
         .await
@@ -316,13 +336,16 @@ async fn inbound(
         let frame = match codec::read_frame(&mut tls).await {
             Ok(f) => f,
             Err(codec::CodecError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Inbound::Lost(e.to_string())),
         };
         // Re-check on every frame: a member removed meanwhile is cut off at once.
         admit(state.borrow().as_deref(), &me, &identity.name, &hello)?;
         let msg = codec::decode_message(&frame).map_err(|e| e.to_string())?;
         if msg.from != hello.node_id.0 {
-            return Err(format!("message claims to be from {} on {}'s connection", msg.from, hello.name));
+            return Err(Inbound::Refused(format!(
+                "message claims to be from {} on {}'s connection",
+                msg.from, hello.name
+            )));
         }
         if inbox.send(msg).await.is_err() {
             return Ok(()); // shutting down
