@@ -80,6 +80,8 @@ pub struct Proposal {
 pub struct Applied {
     pub index: u64,
     pub proposal: Option<ProposalId>,
+    /// The command as applied (configuration changes appear as `SetMembership`).
+    pub command: Command,
     pub outcome: Outcome,
 }
 
@@ -256,6 +258,12 @@ impl<S: LogStore> RaftCore<S> {
     }
     pub fn store(&self) -> &S {
         self.raw.store()
+    }
+
+    /// Gives the storage back, as after a crash: everything the Ready loop wrote is in it
+    /// (the simulation restarts a node from it).
+    pub fn into_store(self) -> S {
+        self.raw.raft.raft_log.store
     }
 
     pub fn status(&self) -> RaftStatus {
@@ -586,9 +594,9 @@ impl<S: LogStore> RaftCore<S> {
                     }
                     let p: Proposal = serde_json::from_slice(&entry.data)
                         .map_err(|e| CoreError::BadEntry { index, detail: e.to_string() })?;
-                    let outcome = self.apply_command(p.command, now);
+                    let outcome = self.apply_command(p.command.clone(), now);
                     out.state_changed = true;
-                    out.applied.push(Applied { index, proposal: p.id, outcome });
+                    out.applied.push(Applied { index, proposal: p.id, command: p.command, outcome });
                 }
                 EntryType::EntryConfChangeV2 | EntryType::EntryConfChange => {
                     if entry.get_entry_type() == EntryType::EntryConfChange {
@@ -612,7 +620,9 @@ impl<S: LogStore> RaftCore<S> {
                         if membership.is_none() && node_id == self.cfg.id {
                             self.removed = true;
                         }
-                        self.apply_command(Command::SetMembership { node_id, membership }, now);
+                        let command = Command::SetMembership { node_id, membership };
+                        let outcome = self.apply_command(command.clone(), now);
+                        out.applied.push(Applied { index, proposal: None, command, outcome });
                     }
                     out.state_changed = true;
                 }
