@@ -260,10 +260,13 @@ impl<S: LogStore> RaftCore<S> {
         self.raw.store()
     }
 
-    /// Gives the storage back, as after a crash: everything the Ready loop wrote is in it
+    /// A copy of the storage as a crash would leave it: everything the Ready loop wrote
     /// (the simulation restarts a node from it).
-    pub fn into_store(self) -> S {
-        self.raw.raft.raft_log.store
+    pub fn crash_copy_of_store(&self) -> S
+    where
+        S: Clone,
+    {
+        self.raw.store().clone()
     }
 
     pub fn status(&self) -> RaftStatus {
