@@ -2,6 +2,7 @@
 //! two cannot drift. Patroni-compatible bodies live next to their handlers.
 
 use crate::config::dynamic::DynamicConfig;
+use crate::dcs::driver::CommitLatency;
 use crate::dcs::node::{LeaseView, RaftStatus};
 use crate::dcs::state::NewMember;
 use crate::types::NodeId;
@@ -67,6 +68,7 @@ pub struct TokenResponse {
 pub struct NodeStatus {
     pub scope: String,
     pub raft: RaftStatus,
+    pub commit_latency: CommitLatency,
     pub lease: LeaseView,
     pub version: String,
 }

@@ -103,9 +103,15 @@ fn state(ctx: &ApiContext) -> Result<Arc<ClusterState>, ApiError> {
 }
 
 async fn node_status(ctx: &ApiContext) -> Result<NodeStatus, ApiError> {
-    let raft = ctx.dcs.status().await?;
+    let (raft, commit_latency) = ctx.dcs.status_with_latency().await?;
     let lease = ctx.dcs.lease().await?;
-    Ok(NodeStatus { scope: ctx.scope.clone(), raft, lease, version: crate::VERSION.to_string() })
+    Ok(NodeStatus {
+        scope: ctx.scope.clone(),
+        raft,
+        commit_latency,
+        lease,
+        version: crate::VERSION.to_string(),
+    })
 }
 
 async fn raft_status(State(ctx): State<ApiContext>) -> Result<Json<NodeStatus>, ApiError> {

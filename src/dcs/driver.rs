@@ -19,6 +19,58 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub const TICK: Duration = Duration::from_millis(100);
+/// How often the Raft leader drops used and expired join tokens from the state.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Proposal latencies kept for the percentiles in `/raft/status`.
+const LATENCY_SAMPLES: usize = 1024;
+
+/// The last proposals' latencies, from submission on this node to their apply here.
+#[derive(Default)]
+struct LatencyWindow {
+    samples: std::collections::VecDeque<Duration>,
+    total: u64,
+}
+
+impl LatencyWindow {
+    fn record(&mut self, d: Duration) {
+        if self.samples.len() == LATENCY_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(d);
+        self.total += 1;
+    }
+
+    fn summary(&self) -> CommitLatency {
+        let mut v: Vec<u64> = self.samples.iter().map(|d| d.as_micros() as u64).collect();
+        v.sort_unstable();
+        let pick = |q: f64| (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * q).round() as usize]);
+        CommitLatency {
+            proposals: self.total,
+            window: v.len(),
+            p50_us: pick(0.5),
+            p99_us: pick(0.99),
+            max_us: v.last().copied(),
+        }
+    }
+}
+
+/// Percentiles of the last proposals' commit-and-apply latency on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommitLatency {
+    /// Proposals from this node applied since start.
+    pub proposals: u64,
+    /// How many of the latest are in the percentiles below.
+    pub window: usize,
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+    pub max_us: Option<u64>,
+}
+
+fn prune_command(state: Option<&ClusterState>) -> Option<super::state::Command> {
+    let now_ms = clock::wall_now_ms();
+    let stale = state?.tokens.values().any(|t| t.used_by.is_some() || t.expires_at_ms <= now_ms);
+    stale.then_some(super::state::Command::PruneTokens { now_ms })
+}
 /// How long a clean shutdown waits for Raft leadership to move to another voter.
 const TRANSFER_ON_SHUTDOWN: Duration = Duration::from_secs(3);
 
@@ -45,7 +97,7 @@ pub fn channels(
 }
 
 struct Waiters {
-    proposals: BTreeMap<ProposalId, oneshot::Sender<Result<Outcome, DcsError>>>,
+    proposals: BTreeMap<ProposalId, (clock::BootInstant, oneshot::Sender<Result<Outcome, DcsError>>)>,
     /// ReadIndex requests sent to Raft, by context.
     reads_sent: BTreeMap<Vec<u8>, oneshot::Sender<Result<u64, DcsError>>>,
     /// ReadIndex results waiting for the local apply to catch up: (index, reply).
@@ -62,6 +114,7 @@ pub async fn run<S: LogStore>(
     mut shutdown: watch::Receiver<bool>,
     seed_peers: Vec<(NodeId, String)>,
 ) -> Result<(), CoreError> {
+    let mut latency = LatencyWindow::default();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut w = Waiters {
@@ -79,12 +132,19 @@ pub async fn run<S: LogStore>(
         None => outbox.sync_peers(seed_peers),
     }
     let mut stopping: Option<clock::BootInstant> = None;
+    let mut last_prune = clock::boot_now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {
                 core.tick(clock::boot_now());
                 // Forget waiters whose callers gave up.
-                w.proposals.retain(|_, tx| !tx.is_closed());
+                w.proposals.retain(|_, (_, tx)| !tx.is_closed());
+                if core.is_leader() && clock::boot_now().saturating_since(last_prune) > PRUNE_EVERY {
+                    last_prune = clock::boot_now();
+                    if let Some(cmd) = prune_command(core.state()) {
+                        let _ = core.propose(cmd);
+                    }
+                }
                 if let Some(since) = stopping {
                     if !core.is_leader() || clock::boot_now().saturating_since(since) > TRANSFER_ON_SHUTDOWN {
                         return Ok(());
@@ -92,7 +152,7 @@ pub async fn run<S: LogStore>(
                 }
             }
             Some(msg) = io.inbox.recv() => core.step(msg)?,
-            Some(req) = io.requests.recv() => handle_request(&mut core, &mut w, req),
+            Some(req) = io.requests.recv() => handle_request(&mut core, &mut w, &latency, req),
             Some(id) = io.unreachable.recv() => core.report_unreachable(id),
             changed = shutdown.changed(), if stopping.is_none() => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -107,8 +167,10 @@ pub async fn run<S: LogStore>(
         }
         let out = core.advance(clock::boot_now())?;
         outbox.send(out.messages);
+        let now = clock::boot_now();
         for a in out.applied {
-            if let Some(tx) = a.proposal.and_then(|id| w.proposals.remove(&id)) {
+            if let Some((sent, tx)) = a.proposal.and_then(|id| w.proposals.remove(&id)) {
+                latency.record(now.saturating_since(sent));
                 let _ = tx.send(Ok(a.outcome));
             }
         }
@@ -137,11 +199,16 @@ pub async fn run<S: LogStore>(
     }
 }
 
-fn handle_request<S: LogStore>(core: &mut RaftCore<S>, w: &mut Waiters, req: Request) {
+fn handle_request<S: LogStore>(
+    core: &mut RaftCore<S>,
+    w: &mut Waiters,
+    latency: &LatencyWindow,
+    req: Request,
+) {
     let now = clock::boot_now();
     let mut register = |r: Result<ProposalId, super::node::ProposeError>, reply: oneshot::Sender<_>| match r {
         Ok(id) => {
-            w.proposals.insert(id, reply);
+            w.proposals.insert(id, (now, reply));
         }
         Err(e) => {
             let _ = reply.send(Err(DcsError::from(e)));
@@ -164,7 +231,7 @@ fn handle_request<S: LogStore>(core: &mut RaftCore<S>, w: &mut Waiters, req: Req
             w.reads_sent.retain(|_, tx| !tx.is_closed());
         }
         Request::Status { reply } => {
-            let _ = reply.send(core.status());
+            let _ = reply.send((core.status(), latency.summary()));
         }
         Request::Lease { reply } => {
             let _ = reply.send(core.lease_view(now));

@@ -2,6 +2,7 @@
 //! Cheap to clone; every call has a deadline. Proposals with no known leader are retried
 //! within the deadline, since an election is expected trouble, not an error.
 
+use super::driver::CommitLatency;
 use super::node::{LeaseView, ProposeError, RaftStatus};
 use super::state::{ClusterState, Command, Outcome};
 use super::transport::Reachability;
@@ -44,7 +45,7 @@ pub enum Request {
     Renew { epoch: LeaseEpoch, ttl: Duration, reply: oneshot::Sender<Result<Outcome, DcsError>> },
     Release { epoch: LeaseEpoch, checkpoint: Option<Lsn>, reply: oneshot::Sender<Result<Outcome, DcsError>> },
     ReadIndex { reply: oneshot::Sender<Result<u64, DcsError>> },
-    Status { reply: oneshot::Sender<RaftStatus> },
+    Status { reply: oneshot::Sender<(RaftStatus, CommitLatency)> },
     Lease { reply: oneshot::Sender<LeaseView> },
     TransferLeader { to: NodeId, reply: oneshot::Sender<()> },
 }
@@ -167,6 +168,11 @@ impl Handle {
     }
 
     pub async fn status(&self) -> Result<RaftStatus, DcsError> {
+        Ok(self.call(|reply| Request::Status { reply }).await?.0)
+    }
+
+    /// Raft status plus this node's recent proposal latencies.
+    pub async fn status_with_latency(&self) -> Result<(RaftStatus, CommitLatency), DcsError> {
         self.call(|reply| Request::Status { reply }).await
     }
 
