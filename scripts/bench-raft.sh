@@ -30,7 +30,7 @@ trap cleanup EXIT
 demo_pid=$!
 for _ in $(seq 600); do grep -q "Ctrl-C stops" "$work/demo.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "Ctrl-C stops" "$work/demo.out" || { cat "$work/demo.err"; echo "demo did not come up" >&2; exit 1; }
-while read -r name _ pid _ _ _ api _ _ _ cfg _; do
+while read -r name _ pid _ _ api _ _ _ cfg _; do
   i=${name%:}; i=${i#node}
   PIDS[$i]=$pid; API[$i]=${api#https://}; CFG[$i]=$cfg
 done < <(grep -E '^node[0-9]+: pid' "$work/demo.out")

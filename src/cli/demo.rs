@@ -219,11 +219,13 @@ async fn demo(args: &DemoArgs, root: &Path, nodes: &mut Vec<Node>) -> Result<()>
     .await?;
     println!("{}", members_output(Format::Table, &rows));
     for node in nodes.iter() {
+        let pid = node.child.as_ref().and_then(|c| c.id()).unwrap_or(0);
         println!(
-            "{}: REST API https://{}  Raft {}  log {}",
+            "{}: pid {pid}  REST API https://{}  Raft {}  config {}  log {}",
             node.name,
             node.api,
             node.raft,
+            node.config.display(),
             node.log.display()
         );
     }
