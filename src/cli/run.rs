@@ -95,7 +95,9 @@ async fn serve(cfg: LocalConfig, force_new_cluster: bool) -> Result<()> {
     }
     let store = FileLogStore::open(dir)?;
     let margin = Duration::from_secs(cfg.watchdog.safety_margin);
-    let mut core = RaftCore::new(store, CoreConfig::new(meta.node_id, meta.name.clone(), margin), &logger)?;
+    let mut core_cfg = CoreConfig::new(meta.node_id, meta.name.clone(), margin);
+    core_cfg.instance = random_instance();
+    let mut core = RaftCore::new(store, core_cfg, &logger)?;
     if force_new_cluster {
         core.campaign()?;
     }
@@ -161,4 +163,12 @@ async fn serve(cfg: LocalConfig, force_new_cluster: bool) -> Result<()> {
         Ok(Err(e)) => Err(anyhow::Error::new(e).context("the Raft member stopped")),
         Err(e) => bail!("the Raft member crashed: {e}"),
     }
+}
+
+/// A fresh instance id for this run's proposals (see `CoreConfig::instance`).
+fn random_instance() -> u32 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    ring::rand::SystemRandom::new().fill(&mut b).expect("the OS random source works");
+    u32::from_be_bytes(b)
 }

@@ -12,6 +12,8 @@ pub mod lease;
 pub mod mem_store;
 pub mod meta;
 pub mod node;
+#[cfg(test)]
+mod node_tests;
 pub mod raft_log;
 mod record;
 pub mod state;

@@ -42,6 +42,10 @@ pub struct CoreConfig {
     pub name: MemberName,
     pub election_tick: usize,
     pub heartbeat_tick: usize,
+    /// Distinguishes this run of the member from earlier ones in proposal and renewal ids.
+    /// Drivers draw it at random at every start; the simulation from its seed. Two runs with
+    /// the same value could take a replayed renewal for a new one.
+    pub instance: u32,
     /// Pins raft-rs's randomized election timeout to exactly this many ticks (raft-rs draws
     /// it from its own thread RNG otherwise). The simulation sets it from its seed.
     pub fixed_election_timeout: Option<usize>,
@@ -61,6 +65,7 @@ impl CoreConfig {
             // With a 100 ms tick: elections after 1-2 s of silence, heartbeats every 200 ms.
             election_tick: 10,
             heartbeat_tick: 2,
+            instance: 0,
             fixed_election_timeout: None,
             safety_margin,
             snapshot_every: 1000,
@@ -354,7 +359,7 @@ impl<S: LogStore> RaftCore<S> {
         if self.state.is_none() {
             return Err(ProposeError::NotReady);
         }
-        let id = ProposalId { node: self.cfg.id, seq: self.next_seq };
+        let id = ProposalId { node: self.cfg.id, instance: self.cfg.instance, seq: self.next_seq };
         self.next_seq += 1;
         let data =
             serde_json::to_vec(&Proposal { id: Some(id), command }).expect("commands always serialize");
@@ -369,6 +374,13 @@ impl<S: LogStore> RaftCore<S> {
         self.propose(command)
     }
 
+    /// A renewal id unique across runs of this member: the instance in the high half, the
+    /// sequence number of the proposal that will carry it in the low half (increasing within
+    /// a run, as `HolderClock` expects).
+    fn next_renewal_id(&self) -> u64 {
+        ((self.cfg.instance as u64) << 32) | (self.next_seq & 0xffff_ffff)
+    }
+
     /// Proposes taking the free lease (compare-and-set on `expected_epoch`). The grant counts
     /// only once applied as accepted; its deadline runs from `now`, the send time.
     pub fn propose_acquire(
@@ -377,7 +389,7 @@ impl<S: LogStore> RaftCore<S> {
         ttl: Duration,
         now: BootInstant,
     ) -> Result<ProposalId, ProposeError> {
-        let renewal = self.next_seq;
+        let renewal = self.next_renewal_id();
         self.holder.sent(renewal, now);
         self.propose(Command::AcquireLease {
             candidate: self.cfg.name.clone(),
@@ -394,7 +406,7 @@ impl<S: LogStore> RaftCore<S> {
         ttl: Duration,
         now: BootInstant,
     ) -> Result<ProposalId, ProposeError> {
-        let renewal = self.next_seq;
+        let renewal = self.next_renewal_id();
         self.holder.sent(renewal, now);
         self.propose(Command::RenewLease {
             holder: self.cfg.name.clone(),

@@ -160,6 +160,9 @@ pub struct ClusterState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProposalId {
     pub node: NodeId,
+    /// Chosen afresh at every start of the proposing process: committed entries are replayed
+    /// after a restart, and an id from a previous run must never match a new waiter.
+    pub instance: u32,
     pub seq: u64,
 }
 
