@@ -17,5 +17,6 @@ mod node_tests;
 pub mod raft_log;
 mod record;
 pub mod state;
+pub mod status;
 pub mod storage;
 pub mod transport;
