@@ -121,6 +121,8 @@ pub struct SwitchoverRequest {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
+    /// The timeline that ended at `switch_lsn` when `new_primary` promoted (as in Postgres's
+    /// timeline `.history` files and Patroni's `/history`).
     pub timeline: Timeline,
     pub switch_lsn: Lsn,
     pub reason: String,

@@ -1,0 +1,124 @@
+//! May this member take the primary lease now? DESIGN.md lease rule 5: not a witness, not
+//! `nofailover` (or `failover_priority: 0`), WAL within `maximum_lag_on_failover` of the last
+//! position the primary recorded, at or past a released primary's shutdown checkpoint
+//! (switchover, rule 6), no eligible member further ahead, ties broken by `failover_priority`,
+//! and during a switchover only its candidate. Pure; the same checks are repeated in `apply`
+//! for the ones the replicated state can judge, so a stale local view can propose but not win.
+
+use crate::dcs::state::{ClusterState, Member};
+use crate::types::{Lsn, MemberName};
+use std::fmt;
+
+/// A member status older than this is not evidence of anything (the member may be dead).
+pub const STATUS_FRESH_MS: u64 = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ineligible {
+    Witness,
+    NoFailover,
+    /// No WAL position known for this member (no data or not running).
+    NoPosition,
+    TooFarBehind {
+        lag: u64,
+        max: u64,
+    },
+    BeforeCheckpoint {
+        lsn: Lsn,
+        checkpoint: Lsn,
+    },
+    OtherAhead {
+        member: MemberName,
+        lsn: Lsn,
+    },
+    HigherPriority {
+        member: MemberName,
+    },
+    NotTheCandidate {
+        candidate: MemberName,
+    },
+}
+
+impl fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ineligible::Witness => write!(f, "a witness holds no Postgres"),
+            Ineligible::NoFailover => write!(f, "tagged nofailover"),
+            Ineligible::NoPosition => write!(f, "no WAL position known"),
+            Ineligible::TooFarBehind { lag, max } => {
+                write!(f, "{lag} bytes behind the last primary position (maximum_lag_on_failover {max})")
+            }
+            Ineligible::BeforeCheckpoint { lsn, checkpoint } => {
+                write!(f, "replayed {lsn}, before the released primary's shutdown checkpoint {checkpoint}")
+            }
+            Ineligible::OtherAhead { member, lsn } => write!(f, "{member} is further ahead at {lsn}"),
+            Ineligible::HigherPriority { member } => {
+                write!(f, "{member} is as far ahead with a higher failover_priority")
+            }
+            Ineligible::NotTheCandidate { candidate } => write!(f, "the switchover names {candidate}"),
+        }
+    }
+}
+
+fn priority(m: &Member) -> i64 {
+    m.tags.failover_priority.unwrap_or(1)
+}
+
+fn fresh_lsn(m: &Member, wall_now_ms: u64) -> Option<Lsn> {
+    let s = m.status.as_ref()?;
+    if wall_now_ms.saturating_sub(s.updated_at_ms) > STATUS_FRESH_MS {
+        return None;
+    }
+    s.replay_lsn.or(s.wal_lsn)
+}
+
+/// Why `me` must not take the lease, or `None` if it may try.
+pub fn blocker(
+    cluster: &ClusterState,
+    me: &MemberName,
+    my_lsn: Option<Lsn>,
+    wall_now_ms: u64,
+) -> Option<Ineligible> {
+    let member = cluster.members.get(me)?;
+    if member.witness {
+        return Some(Ineligible::Witness);
+    }
+    if member.tags.nofailover || member.tags.failover_priority == Some(0) {
+        return Some(Ineligible::NoFailover);
+    }
+    if let Some(candidate) = cluster.switchover.as_ref().and_then(|s| s.candidate.as_ref()) {
+        if candidate != me {
+            return Some(Ineligible::NotTheCandidate { candidate: candidate.clone() });
+        }
+    }
+    let Some(lsn) = my_lsn else { return Some(Ineligible::NoPosition) };
+    if let Some(checkpoint) = cluster.release_checkpoint {
+        if lsn < checkpoint {
+            return Some(Ineligible::BeforeCheckpoint { lsn, checkpoint });
+        }
+    }
+    if let Some(last) = cluster.last_primary_lsn {
+        let lag = last.0.saturating_sub(lsn.0);
+        let max = cluster.config.maximum_lag_on_failover;
+        if lag > max {
+            return Some(Ineligible::TooFarBehind { lag, max });
+        }
+    }
+    let candidate_switchover = cluster.switchover.as_ref().and_then(|s| s.candidate.as_ref()) == Some(me);
+    for other in cluster.members.values() {
+        if &other.name == me
+            || other.witness
+            || other.tags.nofailover
+            || other.tags.failover_priority == Some(0)
+        {
+            continue;
+        }
+        let Some(their) = fresh_lsn(other, wall_now_ms) else { continue };
+        if their > lsn && !candidate_switchover {
+            return Some(Ineligible::OtherAhead { member: other.name.clone(), lsn: their });
+        }
+        if their == lsn && priority(other) > priority(member) && !candidate_switchover {
+            return Some(Ineligible::HigherPriority { member: other.name.clone() });
+        }
+    }
+    None
+}
