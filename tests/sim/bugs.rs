@@ -65,11 +65,21 @@ fn a_forwarded_proposal_reaching_a_member_that_cannot_take_it_is_not_fatal() {
 
 /// Nothing in pgha calls raft-rs's `report_snapshot`. When the leader sends a `MsgSnapshot`,
 /// its progress for that follower enters `ProgressState::Snapshot`, where raft-rs sends it only
-/// heartbeats until either the follower's append response shows it has the snapshot or the
-/// application reports the snapshot's status. If the snapshot or that one response is lost (a
-/// dropped frame, a broken connection, a full peer queue), the follower never receives another
-/// entry while this leader lasts. (Found at seeds 327 and 375 of
-/// `five_members_survive_random_faults`: two followers stuck for the whole liveness phase.)
+/// heartbeats until the follower's append response raises `matched` to the snapshot's index or
+/// the application reports the snapshot's status. So the follower never receives another entry
+/// while this leader lasts if
+/// - the snapshot or that one response is lost (a dropped frame, a broken connection, a full
+///   peer queue) — this test; found at seeds 327 and 375 of `five_members_survive_random_faults`;
+/// - or a stale rejection overtakes the response: the leader, already out of `Snapshot` with
+///   `matched` = the snapshot's index, probes back below its compacted log, sends the same
+///   snapshot again and re-enters `Snapshot`; the answer (same index) no longer raises
+///   `matched`, so raft-rs never leaves `Snapshot` (`Progress::maybe_update` returns false before
+///   `is_snapshot_caught_up` is checked). Found at seed 302 of the same test, a follower resuming
+///   from a pause with queued appends; `SIM_EXPOSE_KNOWN_BUGS=1` finds such stalls within a few
+///   hundred seeds.
+///
+/// etcd's servers report every snapshot send (`ReportSnapshot` with `SnapshotFinish` or
+/// `SnapshotFailure`); pgha's transport should do the same, via a `RaftCore` method.
 #[test]
 #[ignore = "bug: no report_snapshot, so a lost MsgSnapshot (or its reply) stalls the follower until the leader changes"]
 fn a_lost_snapshot_or_its_reply_stalls_the_follower() {

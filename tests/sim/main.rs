@@ -30,7 +30,8 @@
 //! Running: `cargo test --test sim` runs 200 seeds of 3 members and 100 of 5 (about 20 s of
 //! faults plus the liveness phase each) and the named scenarios; `SIM_SEEDS=n` runs n seeds
 //! each; `SIM_SEED=s cargo test --test sim <test>` replays one seed (a failure prints that
-//! command with each member's status and last events); `SIM_TRACE=1` prints every event.
+//! command with each member's status and last events); `SIM_TRACE=1` prints every event,
+//! `SIM_TRACE=raft` raft-rs's own log too.
 //! `bugs.rs` holds `#[ignore]`d reproductions of bugs in `src/` found this way; the random runs
 //! steer around them unless `SIM_EXPOSE_KNOWN_BUGS=1` (see `chaos::steer_around_known_bugs`).
 //!
@@ -44,6 +45,7 @@ mod control;
 mod ha;
 mod net;
 mod node;
+mod raft_log;
 mod rng;
 mod scenarios;
 mod sim;

@@ -2,7 +2,7 @@
 //!
 //! A sent message is dropped (with the current drop rate, or because its link is cut) or queued
 //! for delivery after a delay of 1-30 ms, sometimes much more (a slow path), so messages are
-//! reordered by their delays; a few are duplicated. Partitions cut directed links, so both
+//! reordered by their delays, also on one link unless `fifo_links`; a few are duplicated. Partitions cut directed links, so both
 //! symmetric and one-way partitions are possible; a message whose link is cut at send time or
 //! at delivery time is lost. Time is virtual microseconds (see `main.rs`).
 
@@ -25,6 +25,9 @@ pub struct NetConfig {
     /// receiver gets them when it restarts). A stand-in for reporting snapshot status to Raft,
     /// which pgha does not do: see `bugs::a_lost_snapshot_or_its_reply_stalls_the_follower`.
     pub reliable_snapshots: bool,
+    /// Keep each directed link in send order, as one TCP connection per peer does (the real
+    /// transport); otherwise messages on a link are reordered by their delays.
+    pub fifo_links: bool,
 }
 
 impl NetConfig {
@@ -38,6 +41,7 @@ impl NetConfig {
             max_delay_us: 30 * MS,
             slow_max_us: 300 * MS,
             reliable_snapshots: false,
+            fifo_links: false,
         }
     }
 
@@ -57,11 +61,20 @@ pub struct Network {
     cut: BTreeSet<(u64, u64)>,
     /// Snapshots still to be lost on purpose (for a focused test).
     pub lose_snapshots: u32,
+    /// Latest delivery time queued per directed link, for `fifo_links`.
+    last_on_link: BTreeMap<(u64, u64), u64>,
 }
 
 impl Network {
     pub fn new(cfg: NetConfig) -> Self {
-        Network { in_flight: BTreeMap::new(), seq: 0, cfg, cut: BTreeSet::new(), lose_snapshots: 0 }
+        Network {
+            in_flight: BTreeMap::new(),
+            seq: 0,
+            cfg,
+            cut: BTreeSet::new(),
+            lose_snapshots: 0,
+            last_on_link: BTreeMap::new(),
+        }
     }
 
     pub fn blocked(&self, from: u64, to: u64) -> bool {
@@ -86,7 +99,13 @@ impl Network {
             } else {
                 rng.range(self.cfg.min_delay_us, self.cfg.max_delay_us + 1)
             };
-            self.requeue(msg.clone(), now + delay, reliable);
+            let mut at = now + delay;
+            if self.cfg.fifo_links {
+                let last = self.last_on_link.entry((msg.from, msg.to)).or_default();
+                at = at.max(*last);
+                *last = at;
+            }
+            self.requeue(msg.clone(), at, reliable);
         }
         true
     }

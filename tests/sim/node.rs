@@ -137,11 +137,14 @@ impl SimNode {
                 let s = core.status();
                 let v = core.lease_view(now);
                 format!(
-                    "{}{:?} term {} leader {:?} commit {} applied {}; lease {:?} epoch {} last {} time left {:?}{}",
+                    "{}{:?} term {} leader {:?} log {}..={} snapshot {} commit {} applied {}; lease {:?} epoch {} last {} time left {:?}{}",
                     if paused { "PAUSED " } else { "" },
                     s.role,
                     s.term,
                     s.leader_id.map(|l| l.0),
+                    s.first_index,
+                    s.last_index,
+                    s.snapshot_index,
                     s.commit_index,
                     s.applied_index,
                     v.holder.map(|h| h.to_string()),

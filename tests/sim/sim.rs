@@ -150,7 +150,7 @@ impl Sim {
             nodes: BTreeMap::new(),
             checker: Checker::default(),
             trace: Fnv::default(),
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            logger: crate::raft_log::logger(),
             unreachable: BTreeSet::new(),
             last_writable: BTreeMap::new(),
             lease_log: Vec::new(),
@@ -347,6 +347,12 @@ impl Sim {
                 msg.entries.len(),
                 if msg.reject { " reject" } else { "" }
             );
+            let text = if snapshot {
+                let meta = msg.get_snapshot().get_metadata();
+                format!("{text} snapshot at {} term {}", meta.index, meta.term)
+            } else {
+                text
+            };
             node.note(v, text);
         }
         match node.core.as_mut().expect("checked above").step(msg) {
