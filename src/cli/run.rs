@@ -102,14 +102,14 @@ async fn serve(cfg: LocalConfig, force_new_cluster: bool) -> Result<()> {
         core.campaign()?;
     }
     let reach = Reachability::default();
-    let (handle, io, inbox_tx, unreach_tx) = driver::channels(core.state().cloned(), reach.clone());
+    let (handle, io, inbox_tx, peer_events) = driver::channels(core.state().cloned(), reach.clone());
     let me = LocalIdentity {
         scope: cfg.scope.clone(),
         incarnation: meta.incarnation.clone(),
         node_id: meta.node_id,
         name: meta.name.clone(),
     };
-    let outbox = Outbox::new(me.clone(), &node_tls, unreach_tx, reach)?;
+    let outbox = Outbox::new(me.clone(), &node_tls, peer_events, reach)?;
     let raft_listener = tokio::net::TcpListener::bind(&cfg.raft.listen)
         .await
         .with_context(|| format!("cannot listen on raft.listen {}", cfg.raft.listen))?;

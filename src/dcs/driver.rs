@@ -9,7 +9,7 @@ use super::handle::{DcsError, Handle, Request};
 use super::node::{CoreError, RaftCore};
 use super::state::{ClusterState, Outcome, ProposalId};
 use super::storage::LogStore;
-use super::transport::{Outbox, Reachability};
+use super::transport::{Outbox, PeerEvent, Reachability};
 use crate::clock;
 use crate::types::NodeId;
 use raft::eraftpb::Message;
@@ -78,7 +78,7 @@ const TRANSFER_ON_SHUTDOWN: Duration = Duration::from_secs(3);
 pub struct DriverIo {
     pub requests: mpsc::Receiver<Request>,
     pub inbox: mpsc::Receiver<Message>,
-    pub unreachable: mpsc::Receiver<NodeId>,
+    pub peer_events: mpsc::Receiver<PeerEvent>,
     pub state_tx: watch::Sender<Option<Arc<ClusterState>>>,
 }
 
@@ -87,13 +87,13 @@ pub struct DriverIo {
 pub fn channels(
     initial: Option<ClusterState>,
     reach: Reachability,
-) -> (Handle, DriverIo, mpsc::Sender<Message>, mpsc::Sender<NodeId>) {
+) -> (Handle, DriverIo, mpsc::Sender<Message>, mpsc::Sender<PeerEvent>) {
     let (req_tx, requests) = mpsc::channel(1024);
     let (inbox_tx, inbox) = mpsc::channel(8192);
-    let (unreach_tx, unreachable) = mpsc::channel(256);
+    let (events_tx, peer_events) = mpsc::channel(1024);
     let (state_tx, state_rx) = watch::channel(initial.map(Arc::new));
     let handle = Handle::new(req_tx, state_rx, reach);
-    (handle, DriverIo { requests, inbox, unreachable, state_tx }, inbox_tx, unreach_tx)
+    (handle, DriverIo { requests, inbox, peer_events, state_tx }, inbox_tx, events_tx)
 }
 
 struct Waiters {
@@ -153,7 +153,10 @@ pub async fn run<S: LogStore>(
             }
             Some(msg) = io.inbox.recv() => core.step(msg)?,
             Some(req) = io.requests.recv() => handle_request(&mut core, &mut w, &latency, req),
-            Some(id) = io.unreachable.recv() => core.report_unreachable(id),
+            Some(event) = io.peer_events.recv() => match event {
+                PeerEvent::Unreachable(id) => core.report_unreachable(id),
+                PeerEvent::Snapshot(id, delivered) => core.report_snapshot(id, delivered),
+            },
             changed = shutdown.changed(), if stopping.is_none() => {
                 if changed.is_err() || *shutdown.borrow() {
                     if core.is_leader() && core.transfer_leadership_away() {

@@ -303,8 +303,14 @@ impl<S: LogStore> RaftCore<S> {
     pub fn step(&mut self, msg: Message) -> Result<(), CoreError> {
         // Messages from ids outside the configuration are ignored by raft-rs itself, except
         // responses; a removed node's late messages are harmless.
+        // `ProposalDropped`: a follower's forwarded proposal reached a member that cannot take
+        // it (no leader known, or a leadership transfer in progress); the proposer times out
+        // and retries. Found by the simulation: treating it as fatal stopped the member.
         match self.raw.step(msg) {
-            Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
+            Ok(())
+            | Err(raft::Error::StepPeerNotFound)
+            | Err(raft::Error::StepLocalMsg)
+            | Err(raft::Error::ProposalDropped) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -346,13 +352,15 @@ impl<S: LogStore> RaftCore<S> {
         now: BootInstant,
     ) -> Result<ProposalId, ProposeError> {
         let renewal = self.next_renewal_id();
-        self.holder.sent(renewal, now);
-        self.propose(Command::AcquireLease {
+        let id = self.propose(Command::AcquireLease {
             candidate: self.cfg.name.clone(),
             expected_epoch,
             ttl_ms: ttl.as_millis() as u64,
             renewal,
-        })
+        })?;
+        // Only a proposal Raft took can ever be applied; remember its send time then.
+        self.holder.sent(renewal, now);
+        Ok(id)
     }
 
     /// Proposes renewing the lease this node holds under `epoch`.
@@ -363,13 +371,14 @@ impl<S: LogStore> RaftCore<S> {
         now: BootInstant,
     ) -> Result<ProposalId, ProposeError> {
         let renewal = self.next_renewal_id();
-        self.holder.sent(renewal, now);
-        self.propose(Command::RenewLease {
+        let id = self.propose(Command::RenewLease {
             holder: self.cfg.name.clone(),
             epoch,
             ttl_ms: ttl.as_millis() as u64,
             renewal,
-        })
+        })?;
+        self.holder.sent(renewal, now);
+        Ok(id)
     }
 
     pub fn propose_release(
@@ -392,6 +401,15 @@ impl<S: LogStore> RaftCore<S> {
 
     pub fn report_unreachable(&mut self, id: NodeId) {
         self.raw.report_unreachable(id.0);
+    }
+
+    /// Tells Raft whether a `MsgSnapshot` to `to` was handed over whole. Without it the
+    /// leader's progress for that follower stays in snapshot state, sending only heartbeats,
+    /// if the snapshot or its one answer is lost (found by the simulation; etcd reports every
+    /// snapshot send the same way).
+    pub fn report_snapshot(&mut self, to: NodeId, delivered: bool) {
+        let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+        self.raw.report_snapshot(to.0, status);
     }
 
     /// Starts an election at once (used by `--force-new-cluster`, where this node is the only

@@ -58,12 +58,21 @@ impl Reachability {
     }
 }
 
+/// What peer tasks tell the Raft loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// Messages to this peer could not be delivered: the leader should probe, not stream.
+    Unreachable(NodeId),
+    /// A `MsgSnapshot` to this peer was written whole (`true`) or lost (`false`).
+    Snapshot(NodeId, bool),
+}
+
 /// The sending half used by the driver.
 pub struct Outbox {
     me: LocalIdentity,
     connector: TlsConnector,
     peers: BTreeMap<NodeId, Peer>,
-    unreachable: mpsc::Sender<NodeId>,
+    events: mpsc::Sender<PeerEvent>,
     reach: Reachability,
 }
 
@@ -83,14 +92,14 @@ impl Outbox {
     pub fn new(
         me: LocalIdentity,
         node_tls: &NodeTls,
-        unreachable: mpsc::Sender<NodeId>,
+        events: mpsc::Sender<PeerEvent>,
         reach: Reachability,
     ) -> Result<Outbox, tls::TlsError> {
         Ok(Outbox {
             me,
             connector: TlsConnector::from(tls::raft_client_config(node_tls)?),
             peers: BTreeMap::new(),
-            unreachable,
+            events,
             reach,
         })
     }
@@ -121,7 +130,7 @@ impl Outbox {
                     id,
                     address.clone(),
                     rx,
-                    self.unreachable.clone(),
+                    self.events.clone(),
                     self.reach.clone(),
                 ));
                 self.peers.insert(id, Peer { address, queue: tx, task });
@@ -132,10 +141,14 @@ impl Outbox {
     pub fn send(&mut self, messages: Vec<Message>) {
         for m in messages {
             let to = NodeId(m.to);
+            let snapshot = is_snapshot(&m);
             match self.peers.get(&to) {
                 Some(p) => {
                     if p.queue.try_send(m).is_err() {
-                        let _ = self.unreachable.try_send(to);
+                        let _ = self.events.try_send(PeerEvent::Unreachable(to));
+                        if snapshot {
+                            let _ = self.events.try_send(PeerEvent::Snapshot(to, false));
+                        }
                     }
                 }
                 None => tracing::trace!(to = %to, "message for a peer with no known address dropped"),
@@ -150,9 +163,18 @@ async fn peer_loop(
     id: NodeId,
     address: String,
     mut rx: mpsc::Receiver<Message>,
-    unreachable: mpsc::Sender<NodeId>,
+    events: mpsc::Sender<PeerEvent>,
     reach: Reachability,
 ) {
+    let unreachable = || {
+        let _ = events.try_send(PeerEvent::Unreachable(id));
+    };
+    // Snapshots are reported once written whole (flushed) or lost with the connection.
+    let report = |snapshots: usize, delivered: bool| {
+        for _ in 0..snapshots {
+            let _ = events.try_send(PeerEvent::Snapshot(id, delivered));
+        }
+    };
     let mut backoff = Duration::from_millis(50);
     let mut logged = false;
     loop {
@@ -166,11 +188,15 @@ async fn peer_loop(
                 reach.mark(id);
                 loop {
                     let Some(first) = rx.recv().await else { return };
+                    let mut snapshots = usize::from(is_snapshot(&first));
                     let mut result = codec::write_frame(&mut conn, &codec::encode_message(&first)).await;
                     // Batch whatever else is queued into the same flush.
                     while result.is_ok() {
                         match rx.try_recv() {
-                            Ok(m) => result = codec::write_frame(&mut conn, &codec::encode_message(&m)).await,
+                            Ok(m) => {
+                                snapshots += usize::from(is_snapshot(&m));
+                                result = codec::write_frame(&mut conn, &codec::encode_message(&m)).await
+                            }
                             Err(_) => break,
                         }
                     }
@@ -178,10 +204,14 @@ async fn peer_loop(
                         result = conn.flush().await.map_err(Into::into);
                     }
                     match result {
-                        Ok(()) => reach.mark(id),
+                        Ok(()) => {
+                            reach.mark(id);
+                            report(snapshots, true);
+                        }
                         Err(e) => {
                             tracing::debug!(peer = %id, error = %e, "raft connection lost");
-                            let _ = unreachable.try_send(id);
+                            unreachable();
+                            report(snapshots, false);
                             break;
                         }
                     }
@@ -192,14 +222,20 @@ async fn peer_loop(
                     tracing::warn!(peer = %id, %address, error = %e, "cannot reach raft peer; retrying");
                     logged = true;
                 }
-                let _ = unreachable.try_send(id);
+                unreachable();
                 // Drop what queued up meanwhile: Raft will resend what still matters.
-                while rx.try_recv().is_ok() {}
+                while let Ok(m) = rx.try_recv() {
+                    report(usize::from(is_snapshot(&m)), false);
+                }
                 clock::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
+}
+
+fn is_snapshot(m: &Message) -> bool {
+    m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot
 }
 
 type ClientConn = BufWriter<tokio_rustls::client::TlsStream<TcpStream>>;

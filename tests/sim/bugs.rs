@@ -1,4 +1,5 @@
-//! Focused reproductions of bugs in `src/` that the simulation exposed. Each is `#[ignore]`d
+//! Focused reproductions of bugs in `src/` that the simulation exposed, kept as regression
+//! tests now that they are fixed. Originally each was `#[ignore]`d
 //! with the bug named, and passes once the bug is fixed: run them with
 //! `cargo test --test sim bugs -- --ignored`.
 
@@ -42,7 +43,6 @@ fn forwarded_proposal(from: u64, to: u64) -> Message {
 /// leader). So one routine message takes a healthy member down. (Found by the simulation at
 /// seed 11 of `three_members_survive_random_faults`: a transfer while a follower renewed.)
 #[test]
-#[ignore = "bug: RaftCore::step returns ProposalDropped for a forwarded proposal and the driver treats it as fatal"]
 fn a_forwarded_proposal_reaching_a_member_that_cannot_take_it_is_not_fatal() {
     let mut sim = manual("a_forwarded_proposal_reaching_a_member_that_cannot_take_it_is_not_fatal", 3);
     let leader = sim.leader().unwrap();
@@ -81,7 +81,6 @@ fn a_forwarded_proposal_reaching_a_member_that_cannot_take_it_is_not_fatal() {
 /// etcd's servers report every snapshot send (`ReportSnapshot` with `SnapshotFinish` or
 /// `SnapshotFailure`); pgha's transport should do the same, via a `RaftCore` method.
 #[test]
-#[ignore = "bug: no report_snapshot, so a lost MsgSnapshot (or its reply) stalls the follower until the leader changes"]
 fn a_lost_snapshot_or_its_reply_stalls_the_follower() {
     let mut cfg = SimConfig::new("a_lost_snapshot_or_its_reply_stalls_the_follower", 1, 3);
     cfg.snapshot_every = 5;
@@ -116,7 +115,6 @@ fn a_lost_snapshot_or_its_reply_stalls_the_follower() {
 /// after its grant, restarts 4 s later (more than the 2 s margin) cut off from the others, and
 /// its HA loop, seeing the snapshot's state (nobody holds the lease), asks for the lease once.
 #[test]
-#[ignore = "bug: renewal ids restart at 1 after a restart, so a restarted holder times its old grant from a new send"]
 fn a_restarted_holder_claims_no_time_for_a_grant_from_before_its_crash() {
     let mut sim = manual("a_restarted_holder_claims_no_time_for_a_grant_from_before_its_crash", 3);
     let leader = sim.leader().unwrap();
@@ -152,7 +150,6 @@ fn a_restarted_holder_claims_no_time_for_a_grant_from_before_its_crash() {
 /// counts its deadline from this renewal's send: the expiry commits while it still considers
 /// itself writable (invariant 4).
 #[test]
-#[ignore = "bug: a renewal reusing the lease's renewal id is accepted without restarting the leader's expiry timer"]
 fn a_renewal_that_reuses_the_renewal_id_restarts_the_leader_timer() {
     let mut sim = manual("a_renewal_that_reuses_the_renewal_id_restarts_the_leader_timer", 3);
     let leader = sim.leader().unwrap();

@@ -4,7 +4,7 @@
 //! then the liveness phase turns every fault off, restarts and resumes everyone, and requires
 //! convergence within `LIVENESS_BOUND`.
 
-use crate::ha::{HaConfig, StaleHolder};
+use crate::ha::HaConfig;
 use crate::net::{NetConfig, MS};
 use crate::rng::Rng;
 use crate::sim::{Sim, SimConfig};
@@ -15,31 +15,6 @@ use std::time::Duration;
 const CHAOS: Duration = Duration::from_secs(20);
 /// After healing, the cluster must have a leader, a writable holder and agreement within this.
 const LIVENESS_BOUND: Duration = Duration::from_secs(30);
-
-/// `SIM_EXPOSE_KNOWN_BUGS=1` stops steering around the bugs `bugs.rs` reproduces; the random
-/// runs then fail within a few hundred seeds. Drop the steering once they are fixed.
-pub fn expose_known_bugs() -> bool {
-    std::env::var_os("SIM_EXPOSE_KNOWN_BUGS").is_some()
-}
-
-/// Keeps the random runs looking for new bugs instead of finding the known ones again:
-/// - snapshots and their replies are never lost, and when a link may reorder, nothing is
-///   compacted, so no snapshot is ever sent: a stale rejection overtaking the reply to a
-///   snapshot also strands the follower (`a_lost_snapshot_or_its_reply_stalls_the_follower`);
-/// - a restarted member's lease client neither acts on its snapshot's state before its first
-///   Ready nor renews a lease it held before the restart, the two likeliest ways to reuse a
-///   renewal id (`a_restarted_holder_claims_no_time_for_a_grant_from_before_its_crash`,
-///   `a_renewal_that_reuses_the_renewal_id_restarts_the_leader_timer`);
-/// - `sim.rs` tolerates `ProposalDropped` from `step`
-///   (`a_forwarded_proposal_reaching_a_member_that_cannot_take_it_is_not_fatal`).
-fn steer_around_known_bugs(cfg: &mut SimConfig) {
-    cfg.net.reliable_snapshots = true;
-    if !cfg.net.fifo_links {
-        cfg.snapshot_every = u64::MAX / 2;
-    }
-    cfg.early_ha_per_mille = 0;
-    cfg.ha.stale_holder = StaleHolder::Wait;
-}
 
 pub struct RunSummary {
     pub trace: u64,
@@ -59,10 +34,6 @@ pub fn run_seed(test_name: &'static str, seed: u64, nodes: u64) -> RunSummary {
     cfg.early_ha_per_mille = 500;
     // Drawn apart from `dice` so that adding it kept every other draw of the seed.
     cfg.net.fifo_links = Rng::new(seed ^ 0xF1F0).chance(500);
-    cfg.expose_known_bugs = expose_known_bugs();
-    if !cfg.expose_known_bugs {
-        steer_around_known_bugs(&mut cfg);
-    }
     let mut sim = Sim::new(cfg);
     let end = CHAOS.as_micros() as u64;
     // Members to resume or restart, and when.

@@ -22,8 +22,8 @@ pub struct NetConfig {
     pub max_delay_us: u64,
     pub slow_max_us: u64,
     /// Snapshots and their acknowledgements are never lost to drops or partitions (a crashed
-    /// receiver gets them when it restarts). A stand-in for reporting snapshot status to Raft,
-    /// which pgha does not do: see `bugs::a_lost_snapshot_or_its_reply_stalls_the_follower`.
+    /// receiver gets them when it restarts): isolates other faults from snapshot loss. Off in
+    /// the random runs since pgha reports snapshot status to Raft.
     pub reliable_snapshots: bool,
     /// Keep each directed link in send order, as one TCP connection per peer does (the real
     /// transport); otherwise messages on a link are reordered by their delays.

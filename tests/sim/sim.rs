@@ -16,7 +16,7 @@ use crate::node::{NodeClock, SimNode, TICK_US};
 use crate::rng::{Fnv, Rng};
 use pgha::config::dynamic::DynamicConfig;
 use pgha::dcs::mem_store::MemLogStore;
-use pgha::dcs::node::{encode_state, CoreConfig, CoreError, RaftCore};
+use pgha::dcs::node::{encode_state, CoreConfig, RaftCore};
 use pgha::dcs::state::{CaMaterial, ClusterState, Command, Member, NewMember, Outcome, RaftMembership, Tags};
 use pgha::types::{LeaseEpoch, MemberName, NodeId};
 use raft::eraftpb::{ConfState, HardState, Message, MessageType, Snapshot};
@@ -37,8 +37,6 @@ pub struct SimConfig {
     /// Chance that a restarted member's HA loop runs once on the state of its snapshot before
     /// its first Ready, as `driver::channels` publishes that state to the HA loop at start.
     pub early_ha_per_mille: u64,
-    /// Treat every known bug as a failure (see `chaos::expose_known_bugs`).
-    pub expose_known_bugs: bool,
 }
 
 impl SimConfig {
@@ -53,7 +51,6 @@ impl SimConfig {
             snapshot_every: 1000,
             retain_entries: 200,
             early_ha_per_mille: 0,
-            expose_known_bugs: false,
         }
     }
 }
@@ -77,8 +74,6 @@ pub struct Sim {
     pub lease_log: Vec<(u64, Command, Outcome)>,
     /// While a member handles a snapshot: (member, leader), so its reply is reliable too.
     snapshot_reply: Option<(u64, u64)>,
-    /// How often `step` failed with `ProposalDropped` (a known bug, see `deliver`).
-    pub proposal_dropped_errors: u64,
 }
 
 pub fn name(id: u64) -> MemberName {
@@ -154,7 +149,6 @@ impl Sim {
             unreachable: BTreeSet::new(),
             last_writable: BTreeMap::new(),
             lease_log: Vec::new(),
-            proposal_dropped_errors: 0,
             snapshot_reply: None,
         };
         let snap = bootstrap_snapshot(sim.cfg.nodes);
@@ -206,6 +200,8 @@ impl Sim {
         let mut cfg = node.cfg.clone();
         cfg.election_tick = 10;
         cfg.fixed_election_timeout = Some(et);
+        // Every start is a new run of the member, as a new process draws a new instance.
+        cfg.instance = node.incarnation as u32 + 1;
         let core = match RaftCore::new(store, cfg, &self.logger) {
             Ok(core) => core,
             Err(e) => self.fail(&format!("n{id} cannot start: {e}")),
@@ -357,14 +353,6 @@ impl Sim {
         }
         match node.core.as_mut().expect("checked above").step(msg) {
             Ok(()) => {}
-            // Known bug (bugs.rs, `a_forwarded_proposal_reaching_a_member_that_cannot_take_it_is_not_fatal`):
-            // `RaftCore::step` returns raft-rs's `ProposalDropped` for a forwarded proposal, and
-            // the driver stops the member on it. The simulation notes it and carries on, as the
-            // fixed driver would, so the other invariants stay checked.
-            Err(CoreError::Raft(raft::Error::ProposalDropped)) if !self.cfg.expose_known_bugs => {
-                node.note(v, "BUG: step(MsgPropose) returned ProposalDropped (fatal in driver::run)".into());
-                self.proposal_dropped_errors += 1;
-            }
             Err(e) => self.fail(&format!("n{to} failed to step a message: {e}")),
         }
         if snapshot && self.net.cfg.reliable_snapshots {
@@ -395,14 +383,27 @@ impl Sim {
             node.note(v, format!("{text} in term {term}"));
             self.trace.u64(id).u64(term).u64(u64::from(leader));
         }
+        let mut snapshot_reports = Vec::new();
         for m in out.messages {
             let (from, to) = (m.from, m.to);
             let reliable = self.net.cfg.reliable_snapshots
                 && (m.get_msg_type() == MessageType::MsgSnapshot
                     || (m.get_msg_type() == MessageType::MsgAppendResponse
                         && self.snapshot_reply == Some((from, to))));
+            let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
             if !self.net.send(m, v, &mut self.rng, reliable) && self.net.blocked(from, to) {
                 self.unreachable.insert((from, to));
+            }
+            if snapshot {
+                // As the real transport does once the frame is written: a crashed receiver
+                // refuses the connection (failure); otherwise the write succeeds even if the
+                // network loses the message afterwards.
+                snapshot_reports.push((to, self.nodes.get(&to).is_some_and(|n| n.core.is_some())));
+            }
+        }
+        if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
+            for (to, delivered) in snapshot_reports {
+                core.report_snapshot(NodeId(to), delivered);
             }
         }
         let first = self.checker.applied(id, &out.applied)?;
