@@ -201,7 +201,7 @@ impl Sim {
         cfg.election_tick = 10;
         cfg.fixed_election_timeout = Some(et);
         // Every start is a new run of the member, as a new process draws a new instance.
-        cfg.instance = node.incarnation as u32 + 1;
+        cfg.instance = node.incarnation + 1;
         let core = match RaftCore::new(store, cfg, &self.logger) {
             Ok(core) => core,
             Err(e) => self.fail(&format!("n{id} cannot start: {e}")),
