@@ -36,7 +36,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pgha: {e:#}");
+            // One line: each cause once (many of our errors already quote their source).
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                let text = cause.to_string();
+                if !line.contains(&text) {
+                    line.push_str(": ");
+                    line.push_str(&text);
+                }
+            }
+            eprintln!("pgha: {line}");
             ExitCode::FAILURE
         }
     }

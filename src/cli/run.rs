@@ -33,13 +33,17 @@ pub fn run(args: RunArgs) -> Result<()> {
     let path = args.config.path();
     let cfg = LocalConfig::load(&path)?;
     super::logging::init(Some(&cfg.log));
+    // Before dropping privileges: it moves raft.data_dir aside inside its parent, which
+    // `init`/`join` run as root leave owned by root; the new store is handed over below.
+    let forced =
+        if args.force_new_cluster { Some(bootstrap::force_new_cluster(&cfg.raft.data_dir)?) } else { None };
     become_service_user(&cfg, &path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(cfg, args.force_new_cluster))
+    rt.block_on(serve(cfg, forced))
 }
 
 /// As root: hand our directories to the service user and drop to it (no threads exist yet,
@@ -69,7 +73,9 @@ fn become_service_user(cfg: &LocalConfig, path: &Path) -> Result<()> {
     }
 }
 
-async fn serve(cfg: LocalConfig, force_new_cluster: bool) -> Result<()> {
+/// `forced`: the member identity after `--force-new-cluster` (this member is the only voter
+/// and campaigns at once).
+async fn serve(cfg: LocalConfig, forced: Option<MemberMeta>) -> Result<()> {
     let node_tls = NodeTls::load(&cfg.tls.cafile, &cfg.tls.certfile, &cfg.tls.keyfile)?;
     if node_tls.scope() != cfg.scope {
         bail!(
@@ -81,8 +87,11 @@ async fn serve(cfg: LocalConfig, force_new_cluster: bool) -> Result<()> {
     }
     let dir = &cfg.raft.data_dir;
     let logger = raft_log::logger();
-    let meta =
-        if force_new_cluster { bootstrap::force_new_cluster(dir, &logger)? } else { MemberMeta::load(dir)? };
+    let force_new_cluster = forced.is_some();
+    let meta = match forced {
+        Some(meta) => meta,
+        None => MemberMeta::load(dir)?,
+    };
     if meta.name != cfg.name || meta.scope != cfg.scope {
         bail!(
             "{} belongs to member {} of cluster {}, but the config says name: {}, scope: {}",

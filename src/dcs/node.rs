@@ -33,6 +33,9 @@ use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// How long a member keeps serving after applying its own removal.
+const REMOVAL_GRACE: Duration = Duration::from_secs(10);
+
 /// Entries a learner may lag behind the commit index and still be promoted to voter.
 const LEARNER_SLACK: u64 = 8;
 
@@ -137,6 +140,10 @@ pub struct RaftCore<S: LogStore> {
     was_leader: bool,
     next_seq: u64,
     removed: bool,
+    /// When this member applied its own removal (entering the joint configuration). It keeps
+    /// running for `REMOVAL_GRACE` so the outgoing majority can still count it, since it may
+    /// never learn that the joint configuration was left.
+    removal_started: Option<BootInstant>,
     /// A configuration change was applied after the latest snapshot. raft-rs refuses a
     /// snapshot whose ConfState does not contain the receiving node, so a joiner can only be
     /// caught up from a snapshot taken after it was added.
@@ -192,6 +199,7 @@ impl<S: LogStore> RaftCore<S> {
             was_leader: false,
             next_seq: 1,
             removed: false,
+            removal_started: None,
             conf_changed: false,
         })
     }
@@ -515,6 +523,7 @@ impl<S: LogStore> RaftCore<S> {
         let mut out = Output::default();
         if !self.raw.has_ready() {
             self.track_leadership(now);
+            out.removed = self.is_removed(now);
             return Ok(out);
         }
         let mut rd = self.raw.ready();
@@ -547,8 +556,12 @@ impl<S: LogStore> RaftCore<S> {
         self.raw.advance_apply();
         self.track_leadership(now);
         self.maybe_snapshot()?;
-        out.removed = self.removed;
+        out.removed = self.is_removed(now);
         Ok(out)
+    }
+
+    fn is_removed(&self, now: BootInstant) -> bool {
+        self.removed || self.removal_started.is_some_and(|t| now.saturating_since(t) >= REMOVAL_GRACE)
     }
 
     fn install_snapshot(&mut self, snap: &Snapshot, out: &mut Output) -> Result<(), CoreError> {
@@ -599,16 +612,41 @@ impl<S: LogStore> RaftCore<S> {
                         .map_err(|e| CoreError::BadEntry { index, detail: e.to_string() })?;
                     self.conf_state = self.raw.apply_conf_change(&cc)?;
                     self.conf_changed = true;
+                    let mut changes = Vec::new();
                     for change in cc.get_changes() {
                         let node_id = NodeId(change.node_id);
-                        let membership = match change.get_change_type() {
-                            ConfChangeType::AddNode => Some(RaftMembership::Voter),
-                            ConfChangeType::AddLearnerNode => Some(RaftMembership::Learner),
-                            ConfChangeType::RemoveNode => None,
-                        };
-                        if membership.is_none() && node_id == self.cfg.id {
-                            self.removed = true;
+                        match change.get_change_type() {
+                            ConfChangeType::AddNode => changes.push((node_id, Some(RaftMembership::Voter))),
+                            ConfChangeType::AddLearnerNode => {
+                                changes.push((node_id, Some(RaftMembership::Learner)))
+                            }
+                            // Removed from the state only once the joint configuration is
+                            // left (below): until then the outgoing majority still needs its
+                            // vote, so peers must keep talking to it.
+                            ConfChangeType::RemoveNode if node_id == self.cfg.id => {
+                                self.removal_started.get_or_insert(now);
+                            }
+                            ConfChangeType::RemoveNode => {}
                         }
+                    }
+                    let in_config = |id: u64| {
+                        let cs = &self.conf_state;
+                        cs.get_voters().contains(&id)
+                            || cs.get_learners().contains(&id)
+                            || cs.get_voters_outgoing().contains(&id)
+                            || cs.get_learners_next().contains(&id)
+                    };
+                    if let Some(state) = &self.state {
+                        for m in state.members.values() {
+                            if m.membership != RaftMembership::Pending && !in_config(m.node_id.0) {
+                                changes.push((m.node_id, None));
+                            }
+                        }
+                    }
+                    if !in_config(self.cfg.id.0) {
+                        self.removed = true;
+                    }
+                    for (node_id, membership) in changes {
                         let command = Command::SetMembership { node_id, membership };
                         let outcome = self.apply_command(command.clone(), now);
                         out.applied.push(Applied { index, proposal: None, command, outcome });

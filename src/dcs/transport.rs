@@ -377,7 +377,11 @@ async fn inbound(
         // Re-check on every frame: a member removed meanwhile is cut off at once.
         admit(state.borrow().as_deref(), &me, &identity.name, &hello)?;
         let msg = codec::decode_message(&frame).map_err(|e| e.to_string())?;
-        if msg.from != hello.node_id.0 {
+        // raft-rs forwards a leadership transfer with `from` = the transferee, so a follower
+        // relays it on the transferee's behalf; it must still name a current member.
+        let relayed_transfer = msg.get_msg_type() == raft::eraftpb::MessageType::MsgTransferLeader
+            && state.borrow().as_deref().is_some_and(|s| s.member_by_id(NodeId(msg.from)).is_some());
+        if msg.from != hello.node_id.0 && !relayed_transfer {
             return Err(Inbound::Refused(format!(
                 "message claims to be from {} on {}'s connection",
                 msg.from, hello.name

@@ -93,9 +93,6 @@ fn leadership_transfer_to_a_follower_makes_it_the_leader() {
 /// `pgha ctl` uses the API of the node it runs on, which is usually not the Raft leader: the
 /// request must reach the leader from there.
 #[test]
-#[ignore = "bug: a follower forwards MsgTransferLeader with from = transferee and the leader's \
-            transport refuses it (\"message claims to be from 2 on node3's connection\"); ctl \
-            reports success and nothing happens"]
 fn leadership_transfer_asked_through_a_third_member_reaches_the_leader() {
     let c = Cluster::new(3);
     let leader = c.wait_leader(0);

@@ -2,8 +2,9 @@
 //! on 127.0.0.1 with free ports in temp dirs (see `harness`). Postgres is not managed yet, so
 //! these scenarios cover the consensus layer: formation, failover, restart, membership changes,
 //! certificates and bad input. Run with `cargo test --test it -- --test-threads=2` (as root,
-//! as in CI, nodes drop to the `postgres` user); `-- --ignored` runs the reproductions of known
-//! bugs; `PGHA_IT_KEEP=1` keeps the temp dirs and node logs.
+//! as in CI, nodes drop to the `postgres` user); `PGHA_IT_KEEP=1` keeps the temp dirs and node
+//! logs. Several scenarios began as reproductions of bugs they found (membership removal,
+//! relayed leadership transfer, `--force-new-cluster` as root and after a failed attempt).
 
 mod harness;
 
