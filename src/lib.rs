@@ -8,6 +8,7 @@ pub mod config;
 pub mod ctl;
 pub mod dcs;
 pub mod ha;
+pub mod pg;
 pub mod sys;
 pub mod tls;
 pub mod types;
