@@ -17,6 +17,7 @@ mod node_tests;
 pub mod raft_log;
 mod record;
 pub mod state;
+mod state_ha;
 pub mod status;
 pub mod storage;
 pub mod transport;

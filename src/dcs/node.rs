@@ -359,12 +359,24 @@ impl<S: LogStore> RaftCore<S> {
         ttl: Duration,
         now: BootInstant,
     ) -> Result<ProposalId, ProposeError> {
+        self.propose_acquire_at(expected_epoch, ttl, now, None)
+    }
+
+    /// `propose_acquire` with the candidate's WAL position, checked inside the compare-and-set.
+    pub fn propose_acquire_at(
+        &mut self,
+        expected_epoch: LeaseEpoch,
+        ttl: Duration,
+        now: BootInstant,
+        lsn: Option<Lsn>,
+    ) -> Result<ProposalId, ProposeError> {
         let renewal = self.next_renewal_id();
         let id = self.propose(Command::AcquireLease {
             candidate: self.cfg.name.clone(),
             expected_epoch,
             ttl_ms: ttl.as_millis() as u64,
             renewal,
+            lsn,
         })?;
         // Only a proposal Raft took can ever be applied; remember its send time then.
         self.holder.sent(renewal, now);
@@ -378,12 +390,24 @@ impl<S: LogStore> RaftCore<S> {
         ttl: Duration,
         now: BootInstant,
     ) -> Result<ProposalId, ProposeError> {
+        self.propose_renew_at(epoch, ttl, now, None)
+    }
+
+    /// `propose_renew` recording the primary's current WAL position.
+    pub fn propose_renew_at(
+        &mut self,
+        epoch: LeaseEpoch,
+        ttl: Duration,
+        now: BootInstant,
+        lsn: Option<Lsn>,
+    ) -> Result<ProposalId, ProposeError> {
         let renewal = self.next_renewal_id();
         let id = self.propose(Command::RenewLease {
             holder: self.cfg.name.clone(),
             epoch,
             ttl_ms: ttl.as_millis() as u64,
             renewal,
+            lsn,
         })?;
         self.holder.sent(renewal, now);
         Ok(id)

@@ -191,12 +191,19 @@ pub enum Command {
         expected_epoch: LeaseEpoch,
         ttl_ms: u64,
         renewal: u64,
+        /// The candidate's WAL position, checked against `maximum_lag_on_failover` and a
+        /// released primary's checkpoint inside the compare-and-set (rule 3).
+        #[serde(default)]
+        lsn: Option<Lsn>,
     },
     RenewLease {
         holder: MemberName,
         epoch: LeaseEpoch,
         ttl_ms: u64,
         renewal: u64,
+        /// The primary's current WAL position, recorded as the last primary position.
+        #[serde(default)]
+        lsn: Option<Lsn>,
     },
     /// Given up by the holder; carries the shutdown checkpoint after a clean stop (rule 6).
     ReleaseLease {
@@ -234,6 +241,39 @@ pub enum Command {
     RemoveMember {
         name: MemberName,
     },
+    /// Races for the right to bootstrap the cluster's Postgres (`initdb`).
+    ClaimInitialize {
+        member: MemberName,
+    },
+    /// The bootstrapper's Postgres runs: record its system identifier and the generated role
+    /// secrets.
+    CompleteInitialize {
+        member: MemberName,
+        system_identifier: String,
+        secrets: BTreeMap<String, String>,
+    },
+    /// A member's periodic report of its Postgres.
+    ReportStatus {
+        member: MemberName,
+        status: MemberStatus,
+    },
+    /// The new primary promoted: the timeline that ended and where (history, rule 7).
+    RecordPromotion {
+        member: MemberName,
+        epoch: LeaseEpoch,
+        entry: HistoryEntry,
+    },
+    /// A switchover (or, with only a candidate and no healthy primary, a failover) request.
+    RequestSwitchover {
+        request: SwitchoverRequest,
+    },
+    CancelSwitchover,
+    /// Replaces the dynamic configuration if `expected_version` is current (the proposer
+    /// validated it; every node re-checks its own safety margin when it applies it).
+    SetConfig {
+        expected_version: u64,
+        config: DynamicConfig,
+    },
 }
 
 /// Why a command changed nothing. Displayed to operators as-is.
@@ -270,6 +310,20 @@ pub enum Rejection {
     HoldsLease { member: MemberName },
     #[error("{member} is the last voter: a cluster cannot remove its last voting member")]
     LastVoter { member: MemberName },
+    #[error("{member} is {lag} bytes behind the last primary position (maximum_lag_on_failover {max})")]
+    TooFarBehind { member: MemberName, lag: u64, max: u64 },
+    #[error("{member} replayed only {lsn}, before the released primary's shutdown checkpoint {checkpoint}")]
+    BeforeCheckpoint { member: MemberName, lsn: Lsn, checkpoint: Lsn },
+    #[error("the cluster is already initialized (bootstrapped by {by})")]
+    AlreadyInitialized { by: MemberName },
+    #[error("{member} did not win the initialize race")]
+    NotBootstrapper { member: MemberName },
+    #[error("history already records timeline {timeline}")]
+    TimelineRecorded { timeline: Timeline },
+    #[error("{why}")]
+    Switchover { why: String },
+    #[error("the configuration changed meanwhile (version {actual}, expected {expected}): reload and retry")]
+    ConfigVersion { expected: u64, actual: u64 },
 }
 
 /// The result of applying one command.
@@ -354,13 +408,16 @@ impl ClusterState {
     /// Applies one committed command. Deterministic: reads only `self` and `cmd`.
     pub fn apply(&mut self, cmd: Command) -> Outcome {
         let outcome = match cmd {
-            Command::AcquireLease { candidate, expected_epoch, ttl_ms, renewal } => {
-                self.acquire(candidate, expected_epoch, ttl_ms, renewal)
+            Command::AcquireLease { candidate, expected_epoch, ttl_ms, renewal, lsn } => {
+                self.acquire(candidate, expected_epoch, ttl_ms, renewal, lsn)
             }
-            Command::RenewLease { holder, epoch, ttl_ms, renewal } => match &mut self.lease {
+            Command::RenewLease { holder, epoch, ttl_ms, renewal, lsn } => match &mut self.lease {
                 Some(l) if l.holder == holder && l.epoch == epoch => {
                     l.ttl_ms = ttl_ms;
                     l.renewal = renewal;
+                    if lsn.is_some() {
+                        self.last_primary_lsn = lsn;
+                    }
                     Outcome::Accepted
                 }
                 _ => Outcome::Rejected { reason: Rejection::NotHolder { member: holder } },
@@ -421,6 +478,18 @@ impl ClusterState {
                 }
             }
             Command::RemoveMember { name } => self.mark_removing(name),
+            Command::ClaimInitialize { member } => self.claim_initialize(member),
+            Command::CompleteInitialize { member, system_identifier, secrets } => {
+                self.complete_initialize(member, system_identifier, secrets)
+            }
+            Command::ReportStatus { member, status } => self.report_status(member, status),
+            Command::RecordPromotion { member, epoch, entry } => self.record_promotion(member, epoch, entry),
+            Command::RequestSwitchover { request } => self.request_switchover(request),
+            Command::CancelSwitchover => {
+                self.switchover = None;
+                Outcome::Accepted
+            }
+            Command::SetConfig { expected_version, config } => self.set_config(expected_version, config),
             Command::PruneTokens { now_ms } => {
                 self.tokens.retain(|_, t| t.used_by.is_none() && t.expires_at_ms > now_ms);
                 Outcome::Accepted
@@ -437,6 +506,7 @@ impl ClusterState {
         expected_epoch: LeaseEpoch,
         ttl_ms: u64,
         renewal: u64,
+        lsn: Option<Lsn>,
     ) -> Outcome {
         if let Some(l) = &self.lease {
             return Outcome::Rejected {
@@ -454,8 +524,11 @@ impl ClusterState {
         if member.witness {
             return Outcome::Rejected { reason: Rejection::Witness { member: candidate } };
         }
-        if member.tags.nofailover {
+        if member.tags.nofailover || member.tags.failover_priority == Some(0) {
             return Outcome::Rejected { reason: Rejection::NoFailover { member: candidate } };
+        }
+        if let Some(reason) = self.wal_blocker(&candidate, lsn) {
+            return Outcome::Rejected { reason };
         }
         let epoch = self.last_epoch.next();
         self.last_epoch = epoch;
@@ -559,362 +632,5 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn name(s: &str) -> MemberName {
-        MemberName::new(s).unwrap()
-    }
-
-    fn new_member(n: &str, port: u16) -> NewMember {
-        NewMember {
-            name: name(n),
-            witness: false,
-            api_address: format!("127.0.0.1:{port}"),
-            raft_address: format!("127.0.0.1:{}", port + 1),
-            pg_address: Some(format!("127.0.0.1:{}", port + 2)),
-            tags: Tags::default(),
-            version: "test".into(),
-        }
-    }
-
-    /// Builder for states in the tables below.
-    struct St(ClusterState);
-
-    impl St {
-        fn one() -> St {
-            St(ClusterState::bootstrap(
-                "s".into(),
-                "inc".into(),
-                new_member("n1", 1000),
-                CaMaterial { cert_pem: String::new(), key_pem: String::new() },
-                DynamicConfig::default(),
-            ))
-        }
-        fn three() -> St {
-            let mut s = St::one();
-            for (i, n) in ["n2", "n3"].iter().enumerate() {
-                let h = format!("tok{n}");
-                s.0.apply(Command::CreateToken { hash: h.clone(), expires_at_ms: 100 });
-                let out = s.0.apply(Command::Join {
-                    token_hash: h,
-                    now_ms: 1,
-                    member: new_member(n, 2000 + 10 * i as u16),
-                });
-                assert!(matches!(out, Outcome::Joined { .. }));
-            }
-            s
-        }
-        fn held(mut self, holder: &str, epoch: u64, renewal: u64) -> St {
-            self.0.last_epoch = LeaseEpoch(epoch);
-            self.0.lease =
-                Some(Lease { holder: name(holder), epoch: LeaseEpoch(epoch), ttl_ms: 10_000, renewal });
-            self
-        }
-        fn free_after(mut self, epoch: u64) -> St {
-            self.0.last_epoch = LeaseEpoch(epoch);
-            self.0.lease = None;
-            self
-        }
-        fn tagged_nofailover(mut self, m: &str) -> St {
-            self.0.members.get_mut(&name(m)).unwrap().tags.nofailover = true;
-            self
-        }
-        fn witness(mut self, m: &str) -> St {
-            self.0.members.get_mut(&name(m)).unwrap().witness = true;
-            self
-        }
-    }
-
-    fn acquire(c: &str, expected: u64, renewal: u64) -> Command {
-        Command::AcquireLease {
-            candidate: name(c),
-            expected_epoch: LeaseEpoch(expected),
-            ttl_ms: 10_000,
-            renewal,
-        }
-    }
-    fn renew(h: &str, epoch: u64, renewal: u64) -> Command {
-        Command::RenewLease { holder: name(h), epoch: LeaseEpoch(epoch), ttl_ms: 10_000, renewal }
-    }
-    fn release(h: &str, epoch: u64) -> Command {
-        Command::ReleaseLease { holder: name(h), epoch: LeaseEpoch(epoch), checkpoint: Some(Lsn(0x3000148)) }
-    }
-    fn expire(epoch: u64, renewal: u64) -> Command {
-        Command::ExpireLease { epoch: LeaseEpoch(epoch), renewal }
-    }
-
-    /// (scenario, start state, command, expected outcome, expected holder and epoch after)
-    #[test]
-    fn lease_commands() {
-        use Outcome::*;
-        type Row = (&'static str, St, Command, Outcome, Option<(&'static str, u64)>);
-        let rows: Vec<Row> = vec![
-            (
-                "first acquire",
-                St::three(),
-                acquire("n1", 0, 7),
-                LeaseGranted { epoch: LeaseEpoch(1) },
-                Some(("n1", 1)),
-            ),
-            (
-                "acquire while held",
-                St::three().held("n1", 3, 1),
-                acquire("n2", 3, 7),
-                Rejected { reason: Rejection::LeaseHeld { holder: name("n1"), epoch: LeaseEpoch(3) } },
-                Some(("n1", 3)),
-            ),
-            (
-                "acquire with stale epoch",
-                St::three().free_after(4),
-                acquire("n2", 3, 7),
-                Rejected { reason: Rejection::StaleEpoch { expected: LeaseEpoch(3), actual: LeaseEpoch(4) } },
-                None,
-            ),
-            (
-                "acquire after release",
-                St::three().free_after(4),
-                acquire("n2", 4, 7),
-                LeaseGranted { epoch: LeaseEpoch(5) },
-                Some(("n2", 5)),
-            ),
-            (
-                "acquire by unknown member",
-                St::three(),
-                acquire("zz", 0, 7),
-                Rejected { reason: Rejection::UnknownMember { member: name("zz") } },
-                None,
-            ),
-            (
-                "acquire by nofailover member",
-                St::three().tagged_nofailover("n2"),
-                acquire("n2", 0, 7),
-                Rejected { reason: Rejection::NoFailover { member: name("n2") } },
-                None,
-            ),
-            (
-                "acquire by witness",
-                St::three().witness("n3"),
-                acquire("n3", 0, 7),
-                Rejected { reason: Rejection::Witness { member: name("n3") } },
-                None,
-            ),
-            ("renew by holder", St::three().held("n1", 2, 1), renew("n1", 2, 9), Accepted, Some(("n1", 2))),
-            (
-                "renew by non-holder",
-                St::three().held("n1", 2, 1),
-                renew("n2", 2, 9),
-                Rejected { reason: Rejection::NotHolder { member: name("n2") } },
-                Some(("n1", 2)),
-            ),
-            (
-                "renew of an older epoch",
-                St::three().held("n1", 2, 1),
-                renew("n1", 1, 9),
-                Rejected { reason: Rejection::NotHolder { member: name("n1") } },
-                Some(("n1", 2)),
-            ),
-            (
-                "renew after expiry",
-                St::three().free_after(2),
-                renew("n1", 2, 9),
-                Rejected { reason: Rejection::NotHolder { member: name("n1") } },
-                None,
-            ),
-            ("release by holder", St::three().held("n1", 2, 1), release("n1", 2), Accepted, None),
-            (
-                "release by non-holder",
-                St::three().held("n1", 2, 1),
-                release("n2", 2),
-                Rejected { reason: Rejection::NotHolder { member: name("n2") } },
-                Some(("n1", 2)),
-            ),
-            ("expire of the watched renewal", St::three().held("n1", 2, 5), expire(2, 5), Accepted, None),
-            (
-                "expire after a newer renewal",
-                St::three().held("n1", 2, 6),
-                expire(2, 5),
-                Rejected { reason: Rejection::RenewedMeanwhile },
-                Some(("n1", 2)),
-            ),
-            (
-                "expire of an older epoch",
-                St::three().held("n1", 3, 5),
-                expire(2, 5),
-                Rejected { reason: Rejection::StaleEpoch { expected: LeaseEpoch(2), actual: LeaseEpoch(3) } },
-                Some(("n1", 3)),
-            ),
-            (
-                "expire when free",
-                St::three().free_after(3),
-                expire(3, 5),
-                Rejected { reason: Rejection::StaleEpoch { expected: LeaseEpoch(3), actual: LeaseEpoch(3) } },
-                None,
-            ),
-        ];
-        for (scenario, St(mut state), cmd, want, holder_after) in rows {
-            let got = state.apply(cmd);
-            assert_eq!(got, want, "{scenario}");
-            let after = state.lease.as_ref().map(|l| (l.holder.as_str().to_string(), l.epoch.0));
-            assert_eq!(after, holder_after.map(|(h, e)| (h.to_string(), e)), "{scenario}: holder after");
-        }
-    }
-
-    #[test]
-    fn racing_acquires_grant_exactly_one() {
-        let mut s = St::three().0;
-        let outcomes: Vec<_> = ["n1", "n2", "n3"].iter().map(|c| s.apply(acquire(c, 0, 1))).collect();
-        assert_eq!(outcomes.iter().filter(|o| o.is_accepted()).count(), 1);
-        assert_eq!(s.lease.unwrap().holder, name("n1"));
-    }
-
-    #[test]
-    fn renewal_committed_after_expiry_extends_nothing() {
-        let mut s = St::three().held("n1", 1, 1).0;
-        assert_eq!(s.apply(expire(1, 1)), Outcome::Accepted);
-        assert!(!s.apply(renew("n1", 1, 2)).is_accepted());
-        assert!(s.lease.is_none());
-        // The next acquire must name the expired epoch and gets a new one.
-        assert_eq!(s.apply(acquire("n2", 1, 1)), Outcome::LeaseGranted { epoch: LeaseEpoch(2) });
-    }
-
-    #[test]
-    fn release_records_the_shutdown_checkpoint() {
-        let mut s = St::three().held("n1", 1, 1).0;
-        s.apply(release("n1", 1));
-        assert_eq!(s.release_checkpoint, Some(Lsn(0x3000148)));
-    }
-
-    /// (scenario, token expiry, token used by, join time, name, expected outcome)
-    #[test]
-    fn join_commands() {
-        type Row = (&'static str, u64, Option<&'static str>, u64, &'static str, Result<u64, Rejection>);
-        let rows: Vec<Row> = vec![
-            ("valid token", 100, None, 50, "n4", Ok(4)),
-            ("expired token", 100, None, 100, "n4", Err(Rejection::TokenExpired)),
-            ("used token", 100, Some("n3"), 50, "n4", Err(Rejection::TokenUsed { by: name("n3") })),
-            ("duplicate name", 100, None, 50, "n2", Err(Rejection::DuplicateName { name: name("n2") })),
-        ];
-        for (scenario, expires, used_by, now, n, want) in rows {
-            let mut s = St::three().0;
-            s.tokens.insert("h".into(), JoinToken { expires_at_ms: expires, used_by: used_by.map(name) });
-            let before = s.clone();
-            let got =
-                s.apply(Command::Join { token_hash: "h".into(), now_ms: now, member: new_member(n, 5000) });
-            match want {
-                Ok(id) => {
-                    assert_eq!(got, Outcome::Joined { node_id: NodeId(id) }, "{scenario}");
-                    assert_eq!(s.members[&name(n)].membership, RaftMembership::Pending);
-                    assert_eq!(s.tokens["h"].used_by, Some(name(n)), "{scenario}: token consumed");
-                }
-                Err(reason) => {
-                    assert_eq!(got, Outcome::Rejected { reason }, "{scenario}");
-                    assert_eq!(s, before, "{scenario}: a rejected join changes nothing");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn unknown_token_and_reuse_are_refused() {
-        let mut s = St::three().0;
-        let got =
-            s.apply(Command::Join { token_hash: "nope".into(), now_ms: 1, member: new_member("n4", 5000) });
-        assert_eq!(got, Outcome::Rejected { reason: Rejection::UnknownToken });
-        s.apply(Command::CreateToken { hash: "t".into(), expires_at_ms: 100 });
-        assert!(s
-            .apply(Command::Join { token_hash: "t".into(), now_ms: 1, member: new_member("n4", 5000) })
-            .is_accepted());
-        let again =
-            s.apply(Command::Join { token_hash: "t".into(), now_ms: 2, member: new_member("n5", 6000) });
-        assert_eq!(again, Outcome::Rejected { reason: Rejection::TokenUsed { by: name("n4") } });
-        assert_eq!(
-            s.apply(Command::CreateToken { hash: "t".into(), expires_at_ms: 100 }),
-            Outcome::Rejected { reason: Rejection::DuplicateToken }
-        );
-    }
-
-    #[test]
-    fn duplicate_addresses_are_refused() {
-        let mut s = St::three().0;
-        s.apply(Command::CreateToken { hash: "t".into(), expires_at_ms: 100 });
-        let mut m = new_member("n9", 7000);
-        m.raft_address = s.members[&name("n2")].raft_address.clone();
-        let got = s.apply(Command::Join { token_hash: "t".into(), now_ms: 1, member: m.clone() });
-        assert_eq!(
-            got,
-            Outcome::Rejected {
-                reason: Rejection::DuplicateAddress { address: m.raft_address, member: name("n2") }
-            }
-        );
-    }
-
-    #[test]
-    fn membership_follows_raft_and_removal_drops_member() {
-        let mut s = St::three().0;
-        let id = s.members[&name("n2")].node_id;
-        s.apply(Command::SetMembership { node_id: id, membership: Some(RaftMembership::Learner) });
-        assert_eq!(s.members[&name("n2")].membership, RaftMembership::Learner);
-        s.apply(Command::SetMembership { node_id: id, membership: Some(RaftMembership::Voter) });
-        assert!(s.raft_node_ids().contains(&id));
-        s.apply(Command::SetMembership { node_id: id, membership: None });
-        assert!(!s.members.contains_key(&name("n2")));
-        // Applying the removal again is harmless; ids are never reused.
-        assert_eq!(s.apply(Command::SetMembership { node_id: id, membership: None }), Outcome::Accepted);
-        s.apply(Command::CreateToken { hash: "t".into(), expires_at_ms: 100 });
-        let out =
-            s.apply(Command::Join { token_hash: "t".into(), now_ms: 1, member: new_member("n2", 8000) });
-        assert_eq!(out, Outcome::Joined { node_id: NodeId(4) });
-    }
-
-    #[test]
-    fn removal_is_refused_for_the_lease_holder_and_the_last_voter() {
-        let mut s = St::three().held("n2", 1, 1).0;
-        assert_eq!(
-            s.apply(Command::RemoveMember { name: name("n2") }),
-            Outcome::Rejected { reason: Rejection::HoldsLease { member: name("n2") } }
-        );
-        assert_eq!(
-            s.apply(Command::RemoveMember { name: name("zz") }),
-            Outcome::Rejected { reason: Rejection::UnknownMember { member: name("zz") } }
-        );
-        // n2 and n3 are still Pending (never entered Raft): removing them drops them at once.
-        assert_eq!(s.apply(Command::RemoveMember { name: name("n3") }), Outcome::Accepted);
-        assert!(!s.members.contains_key(&name("n3")));
-        let mut one = St::one().0;
-        assert_eq!(
-            one.apply(Command::RemoveMember { name: name("n1") }),
-            Outcome::Rejected { reason: Rejection::LastVoter { member: name("n1") } }
-        );
-    }
-
-    #[test]
-    fn removal_of_a_voter_marks_it_until_raft_applies_the_change() {
-        let mut s = St::three().0;
-        let id = s.members[&name("n2")].node_id;
-        s.apply(Command::SetMembership { node_id: id, membership: Some(RaftMembership::Voter) });
-        assert_eq!(s.apply(Command::RemoveMember { name: name("n2") }), Outcome::Accepted);
-        assert!(s.members[&name("n2")].removing);
-        s.apply(Command::SetMembership { node_id: id, membership: None });
-        assert!(!s.members.contains_key(&name("n2")));
-    }
-
-    #[test]
-    fn prune_drops_used_and_expired_tokens_only() {
-        let mut s = St::three().0;
-        s.tokens.insert("fresh".into(), JoinToken { expires_at_ms: 500, used_by: None });
-        s.tokens.insert("old".into(), JoinToken { expires_at_ms: 50, used_by: None });
-        s.apply(Command::PruneTokens { now_ms: 100 });
-        assert_eq!(s.tokens.keys().collect::<Vec<_>>(), vec!["fresh"]);
-    }
-
-    #[test]
-    fn apply_is_deterministic() {
-        let cmds = vec![acquire("n1", 0, 1), renew("n1", 1, 2), expire(1, 2), acquire("n3", 1, 1)];
-        let (mut a, mut b) = (St::three().0, St::three().0);
-        let oa: Vec<_> = cmds.iter().cloned().map(|c| a.apply(c)).collect();
-        let ob: Vec<_> = cmds.into_iter().map(|c| b.apply(c)).collect();
-        assert_eq!(oa, ob);
-        assert_eq!(serde_json::to_vec(&a).unwrap(), serde_json::to_vec(&b).unwrap());
-    }
-}
+#[path = "state_tests.rs"]
+mod tests;
