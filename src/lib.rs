@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod dcs;
+pub mod fence;
 pub mod ha;
 pub mod pg;
 pub mod sys;
