@@ -20,3 +20,6 @@ impl Fence for NoFence {
     fn extend(&self, _pgid: i32, _deadline: BootInstant) {}
     fn disarm(&self) {}
 }
+
+mod fencer;
+pub use fencer::{FenceError, FencerHandle};
