@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod error;
+pub mod health;
 pub mod model;
 pub mod server;
 pub mod token;
