@@ -370,17 +370,15 @@ impl<S: LogStore> RaftCore<S> {
         now: BootInstant,
         lsn: Option<Lsn>,
     ) -> Result<ProposalId, ProposeError> {
-        let renewal = self.next_renewal_id();
-        let id = self.propose(Command::AcquireLease {
-            candidate: self.cfg.name.clone(),
+        let candidate = self.cfg.name.clone();
+        let ttl_ms = ttl.as_millis() as u64;
+        self.propose_timed(now, |renewal| Command::AcquireLease {
+            candidate,
             expected_epoch,
-            ttl_ms: ttl.as_millis() as u64,
+            ttl_ms,
             renewal,
             lsn,
-        })?;
-        // Only a proposal Raft took can ever be applied; remember its send time then.
-        self.holder.sent(renewal, now);
-        Ok(id)
+        })
     }
 
     /// Proposes renewing the lease this node holds under `epoch`.
@@ -401,14 +399,20 @@ impl<S: LogStore> RaftCore<S> {
         now: BootInstant,
         lsn: Option<Lsn>,
     ) -> Result<ProposalId, ProposeError> {
+        let holder = self.cfg.name.clone();
+        let ttl_ms = ttl.as_millis() as u64;
+        self.propose_timed(now, |renewal| Command::RenewLease { holder, epoch, ttl_ms, renewal, lsn })
+    }
+
+    /// Proposes a lease grant or renewal carrying a fresh renewal id, and remembers when it was
+    /// sent — only for a proposal Raft took, since only such a one can ever be applied.
+    fn propose_timed(
+        &mut self,
+        now: BootInstant,
+        make: impl FnOnce(u64) -> Command,
+    ) -> Result<ProposalId, ProposeError> {
         let renewal = self.next_renewal_id();
-        let id = self.propose(Command::RenewLease {
-            holder: self.cfg.name.clone(),
-            epoch,
-            ttl_ms: ttl.as_millis() as u64,
-            renewal,
-            lsn,
-        })?;
+        let id = self.propose(make(renewal))?;
         self.holder.sent(renewal, now);
         Ok(id)
     }
