@@ -3,15 +3,17 @@
 #   - Raft leader re-election time after kill -9 of the leader (median and worst of ROUNDS)
 #   - proposal commit latency p50/p99 (with fsync) on the leader and through a follower
 #   - idle CPU and RSS of one `pgha run`
-# Usage: scripts/bench-raft.sh            (ROUNDS=10 PROPOSALS=200 PGHA=target/release/pgha)
+# Usage: scripts/bench-raft.sh            (ROUNDS=10 PROPOSALS=200; PGHA=<binary> to skip the build)
 # Needs curl and jq. Runs the release build (built if missing). Every process it starts is
 # stopped by PID on exit, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-10}
 PROPOSALS=${PROPOSALS:-200}
-PGHA=${PGHA:-target/release/pgha}
-[ -x "$PGHA" ] || cargo build --release --quiet
+if [ -z "${PGHA:-}" ]; then
+  cargo build --release --quiet
+  PGHA="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release/pgha"
+fi
 PGHA=$(realpath "$PGHA")
 
 work=$(mktemp -d /tmp/pgha-bench.XXXXXX)

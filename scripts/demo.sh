@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release
-exec target/release/pgha demo "$@"
+target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+exec "$target_dir/release/pgha" demo "$@"
