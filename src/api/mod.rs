@@ -5,5 +5,6 @@ pub mod client;
 pub mod error;
 pub mod health;
 pub mod model;
+pub mod patroni;
 pub mod server;
 pub mod token;

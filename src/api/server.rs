@@ -38,6 +38,8 @@ pub struct ApiContext {
     pub dcs: Handle,
     pub scope: String,
     pub me: MemberName,
+    /// This node's `watchdog.safety_margin`, for validating dynamic configuration changes.
+    pub safety_margin_s: u64,
     /// Client for peers' APIs (GETs only; presents no certificate).
     pub peers: ApiClient,
 }
@@ -50,6 +52,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/raft/transfer", post(transfer))
         .route("/token", post(create_token))
         .route("/join", post(join))
+        .merge(super::patroni::routes())
         .layer(middleware::from_fn_with_state(ctx.clone(), require_client_cert))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(ctx)

@@ -133,6 +133,7 @@ async fn serve(cfg: LocalConfig, forced: Option<MemberMeta>) -> Result<()> {
         dcs: handle.clone(),
         scope: cfg.scope.clone(),
         me: cfg.name.clone(),
+        safety_margin_s: cfg.watchdog.safety_margin,
         peers: ApiClient::new(
             Vec::new(),
             tls::api_client_config(&node_tls.ca_der, None)?,

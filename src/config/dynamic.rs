@@ -23,8 +23,10 @@ pub enum SynchronousMode {
     Quorum,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+/// Every key is optional (defaults below), as in Patroni's dynamic configuration: a key
+/// removed with `PATCH /config` (`null`) falls back to its default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DynamicPostgresql {
     #[serde(default)]
     pub parameters: BTreeMap<String, serde_json::Value>,
@@ -40,8 +42,19 @@ fn yes() -> bool {
     true
 }
 
+impl Default for DynamicPostgresql {
+    fn default() -> Self {
+        DynamicPostgresql {
+            parameters: BTreeMap::new(),
+            pg_hba: Vec::new(),
+            use_pg_rewind: true,
+            use_slots: true,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct DynamicConfig {
     /// Seconds a primary lease lasts without renewal.
     pub ttl: u64,
@@ -69,12 +82,7 @@ impl Default for DynamicConfig {
             synchronous_mode: SynchronousMode::Off,
             synchronous_mode_strict: false,
             synchronous_node_count: 1,
-            postgresql: DynamicPostgresql {
-                parameters: BTreeMap::new(),
-                pg_hba: Vec::new(),
-                use_pg_rewind: true,
-                use_slots: true,
-            },
+            postgresql: DynamicPostgresql::default(),
             pause: false,
         }
     }
@@ -157,6 +165,16 @@ mod tests {
                 "ttl={ttl} lw={loop_wait} rt={retry_timeout} m={margin}"
             );
         }
+    }
+
+    #[test]
+    fn missing_keys_take_their_defaults() {
+        let c: DynamicConfig =
+            serde_json::from_str(r#"{"ttl": 20, "postgresql": {"use_slots": false}}"#).unwrap();
+        assert_eq!(c.ttl, 20);
+        assert_eq!(c.loop_wait, DEFAULT_LOOP_WAIT_S);
+        assert!(c.postgresql.use_pg_rewind && !c.postgresql.use_slots);
+        assert!(serde_json::from_str::<DynamicConfig>(r#"{"tll": 20}"#).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! 2: a static binary must not call libc's resolver), so connect addresses are checked for
 //! syntax only. Validation rules live in `validate.rs`.
 
-use crate::config::dynamic::{DynamicConfig, DynamicPostgresql, SynchronousMode};
+use crate::config::dynamic::DynamicConfig;
 use crate::dcs::state::Tags;
 use crate::types::MemberName;
 use serde::{Deserialize, Serialize};
@@ -434,28 +434,10 @@ pub struct Callbacks {
 pub struct BootstrapConfig {
     /// The first dynamic configuration; every key is optional and defaults to
     /// `DynamicConfig::default()`.
-    #[serde(with = "DynamicConfigDef")]
     pub dcs: DynamicConfig,
     /// Executable run once after initdb, with a connection string as its argument.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub post_bootstrap: Option<PathBuf>,
-}
-
-/// `DynamicConfig` with every key optional. A serde "remote" mirror lets the file omit keys
-/// without changing `config::dynamic`; listing the fields here makes a key added there a compile
-/// error here, so the two cannot drift.
-#[derive(Serialize, Deserialize)]
-#[serde(remote = "DynamicConfig", deny_unknown_fields, default = "DynamicConfig::default")]
-struct DynamicConfigDef {
-    ttl: u64,
-    loop_wait: u64,
-    retry_timeout: u64,
-    maximum_lag_on_failover: u64,
-    synchronous_mode: SynchronousMode,
-    synchronous_mode_strict: bool,
-    synchronous_node_count: u32,
-    postgresql: DynamicPostgresql,
-    pause: bool,
 }
 
 impl LocalConfig {
@@ -505,7 +487,7 @@ impl LocalConfig {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::dynamic::DEFAULT_TTL_S;
+    use crate::config::dynamic::{SynchronousMode, DEFAULT_TTL_S};
 
     /// The smallest valid file for a data node behind wildcard listeners.
     pub(crate) const MINIMAL_YAML: &str = "\

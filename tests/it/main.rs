@@ -8,6 +8,7 @@
 
 mod harness;
 
+mod config;
 mod consensus;
 mod input;
 mod membership;

@@ -1,0 +1,84 @@
+//! The dynamic configuration through the REST API: a change made on one member reaches every
+//! member, and bad input (unknown key, impossible timing, malformed JSON, no certificate) is
+//! refused with a message and changes nothing.
+
+use crate::harness::{wait_until, Cluster};
+use pgha::api::client::{ApiClient, ClientError};
+use pgha::config::dynamic::DynamicConfig;
+use pgha::tls;
+use std::time::Duration;
+
+fn client(c: &Cluster, i: usize, with_cert: bool) -> ApiClient {
+    let dir = c.nodes[i].tls_dir();
+    let ca = tls::load_ca(&dir.join("ca.crt")).expect("CA");
+    let auth = with_cert
+        .then(|| tls::load_client_auth(&dir.join("ctl.crt"), &dir.join("ctl.key")).expect("ctl cert"));
+    let config = tls::api_client_config(&ca, auth).expect("client config");
+    ApiClient::new(vec![c.nodes[i].api.clone()], config, Duration::from_secs(10))
+}
+
+fn refused_with(r: Result<(String, DynamicConfig), ClientError>, status: u16, needle: &str) {
+    match r {
+        Err(ClientError::Refused { status: s, message, .. }) if s == status => {
+            assert!(message.contains(needle), "refusal {status} should mention {needle:?}: {message}")
+        }
+        other => panic!("want {status} mentioning {needle:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_config_change_reaches_every_member_and_bad_ones_change_nothing() {
+    let c = Cluster::new(3);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let admin = client(&c, 0, true);
+    let patch =
+        serde_json::json!({"ttl": 15, "postgresql": {"pg_hba": ["host all all 10.0.0.0/8 scram-sha-256"]}});
+    let (_, after) = rt
+        .block_on(admin.call::<_, DynamicConfig>(hyper::Method::PATCH, "/config", Some(&patch)))
+        .expect("PATCH /config with the ctl certificate");
+    assert_eq!(after.ttl, 15);
+    for i in 0..3 {
+        let reader = client(&c, i, false);
+        wait_until(Duration::from_secs(10), &format!("node{} sees the change", i + 1), || {
+            let (_, cfg) = rt.block_on(reader.get::<DynamicConfig>("/config")).map_err(|e| e.to_string())?;
+            (cfg == after).then_some(()).ok_or(format!("{cfg:?}"))
+        });
+    }
+
+    let bad = [
+        (serde_json::json!({"tll": 20}), "tll"),
+        (serde_json::json!({"ttl": 2}), "ttl"),
+        (serde_json::json!({"loop_wait": "soon"}), "loop_wait"),
+    ];
+    for (patch, needle) in bad {
+        refused_with(rt.block_on(admin.call(hyper::Method::PATCH, "/config", Some(&patch))), 400, needle);
+    }
+    refused_with(
+        rt.block_on(admin.call(hyper::Method::PUT, "/config", Some(&serde_json::json!([1])))),
+        400,
+        "object",
+    );
+    refused_with(
+        rt.block_on(client(&c, 1, false).call(
+            hyper::Method::PATCH,
+            "/config",
+            Some(&serde_json::json!({"ttl": 20})),
+        )),
+        401,
+        "certificate",
+    );
+    let (_, unchanged) = rt.block_on(client(&c, 2, false).get::<DynamicConfig>("/config")).unwrap();
+    assert_eq!(unchanged, after, "refused changes left the configuration as it was");
+
+    // PUT replaces: keys not given take their defaults.
+    let (_, replaced) = rt
+        .block_on(admin.call::<_, DynamicConfig>(
+            hyper::Method::PUT,
+            "/config",
+            Some(&serde_json::json!({"pause": true})),
+        ))
+        .expect("PUT /config");
+    assert_eq!(replaced, DynamicConfig { pause: true, ..DynamicConfig::default() });
+    let (_, history) = rt.block_on(admin.get::<Vec<serde_json::Value>>("/history")).unwrap();
+    assert!(history.is_empty(), "no promotion yet: {history:?}");
+}
