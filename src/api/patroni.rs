@@ -7,7 +7,8 @@
 use super::error::ApiError;
 use super::server::ApiContext;
 use crate::config::dynamic::DynamicConfig;
-use crate::dcs::state::{Command, Outcome, Rejection};
+use crate::dcs::state::{ClusterState, Command, Outcome, Rejection};
+use crate::types::Lsn;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::get;
@@ -18,6 +19,89 @@ pub fn routes() -> Router<ApiContext> {
     Router::new()
         .route("/config", get(get_config).patch(patch_config).put(put_config))
         .route("/history", get(history))
+        .route("/cluster", get(cluster))
+}
+
+/// `GET /cluster` in Patroni's shape: every data member (witnesses hold no Postgres and are
+/// listed by `pgha ctl members` instead) with role, state, addresses, timeline and lag.
+async fn cluster(State(ctx): State<ApiContext>) -> Result<Json<Value>, ApiError> {
+    let st = ctx.dcs.state().ok_or(ApiError::NotReady)?;
+    Ok(Json(cluster_view(&st, crate::clock::wall_now_ms())))
+}
+
+/// A status older than this is shown as `unknown` (the member stopped reporting).
+const STATUS_STALE_MS: u64 = 30_000;
+
+fn lag(primary: Option<Lsn>, lsn: Option<Lsn>) -> Value {
+    match (primary, lsn) {
+        (Some(p), Some(l)) => Value::from(p.0.saturating_sub(l.0)),
+        _ => Value::Null,
+    }
+}
+
+pub fn cluster_view(st: &ClusterState, now_ms: u64) -> Value {
+    let holder = st.lease.as_ref().map(|l| &l.holder);
+    let primary_lsn = holder
+        .and_then(|h| st.members.get(h))
+        .and_then(|m| m.status.as_ref())
+        .and_then(|s| s.wal_lsn)
+        .or(st.last_primary_lsn);
+    let members: Vec<Value> = st
+        .members
+        .values()
+        .filter(|m| !m.witness)
+        .map(|m| {
+            let (host, port) = m
+                .pg_address
+                .as_deref()
+                .and_then(|a| a.rsplit_once(':'))
+                .map(|(h, p)| {
+                    (h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse::<u16>().ok())
+                })
+                .unwrap_or_default();
+            let status =
+                m.status.as_ref().filter(|s| now_ms.saturating_sub(s.updated_at_ms) <= STATUS_STALE_MS);
+            let leader = Some(&m.name) == holder;
+            let mut o = serde_json::json!({
+                "name": m.name.as_str(),
+                "role": if leader { "leader" } else { "replica" },
+                "state": status.map_or("unknown", |s| s.state.as_str()),
+                "api_url": format!("https://{}/patroni", m.api_address),
+                "host": host,
+                "port": port,
+            });
+            if let Some(s) = status {
+                if let Some(tl) = s.timeline {
+                    o["timeline"] = tl.0.into();
+                }
+                if !leader {
+                    o["receive_lsn"] = s.receive_lsn.map(|l| l.to_string()).into();
+                    o["receive_lag"] = lag(primary_lsn, s.receive_lsn);
+                    o["replay_lsn"] = s.replay_lsn.map(|l| l.to_string()).into();
+                    o["replay_lag"] = lag(primary_lsn, s.replay_lsn);
+                    o["lsn"] = s.replay_lsn.map(|l| l.to_string()).into();
+                    o["lag"] = lag(primary_lsn, s.replay_lsn);
+                }
+                if s.pending_restart {
+                    o["pending_restart"] = true.into();
+                }
+            }
+            let tags = serde_json::to_value(&m.tags).unwrap_or_default();
+            if tags.as_object().is_some_and(|t| t.values().any(|v| v != &Value::Bool(false))) {
+                o["tags"] = tags;
+            }
+            o
+        })
+        .collect();
+    let mut out = serde_json::json!({ "members": members, "scope": st.scope });
+    if let Some(sw) = &st.switchover {
+        out["scheduled_switchover"] = serde_json::json!({
+            "at": sw.scheduled_at_ms.map(iso8601),
+            "from": sw.leader.as_ref().map(|m| m.as_str()).or(holder.map(|h| h.as_str())),
+            "to": sw.candidate.as_ref().map(|m| m.as_str()),
+        });
+    }
+    out
 }
 
 async fn get_config(State(ctx): State<ApiContext>) -> Result<Json<DynamicConfig>, ApiError> {
@@ -151,6 +235,76 @@ mod tests {
         merge_patch(&mut v, json!({"tll": 5}));
         let e = serde_json::from_value::<DynamicConfig>(v).unwrap_err().to_string();
         assert!(e.contains("tll"), "{e}");
+    }
+
+    #[test]
+    fn cluster_view_has_patronis_fields() {
+        use crate::dcs::state::{CaMaterial, Lease, MemberStatus, NewMember, Tags};
+        use crate::types::{LeaseEpoch, MemberName, Timeline};
+        let nm = |n: &str, port: u16, witness: bool| NewMember {
+            name: MemberName::new(n).unwrap(),
+            witness,
+            api_address: format!("127.0.0.1:{}", port + 100),
+            raft_address: format!("127.0.0.1:{}", port + 200),
+            pg_address: (!witness).then(|| format!("127.0.0.1:{port}")),
+            tags: Tags::default(),
+            version: "t".into(),
+        };
+        let mut st = ClusterState::bootstrap(
+            "pgbase".into(),
+            "i".into(),
+            nm("node3", 27103, false),
+            CaMaterial { cert_pem: String::new(), key_pem: String::new() },
+            DynamicConfig::default(),
+        );
+        for (n, port, w) in [("node1", 27101, false), ("w1", 27109, true)] {
+            let mut m = st.members[&MemberName::new("node3").unwrap()].clone();
+            let new = nm(n, port, w);
+            m.name = new.name.clone();
+            m.witness = w;
+            m.api_address = new.api_address;
+            m.pg_address = new.pg_address;
+            m.node_id = crate::types::NodeId(port as u64);
+            st.members.insert(new.name, m);
+        }
+        st.lease = Some(Lease {
+            holder: MemberName::new("node3").unwrap(),
+            epoch: LeaseEpoch(1),
+            ttl_ms: 1,
+            renewal: 1,
+        });
+        st.last_epoch = LeaseEpoch(1);
+        let status = |state: &str, wal: Option<u64>, replay: Option<u64>| MemberStatus {
+            state: state.into(),
+            role: String::new(),
+            timeline: Some(Timeline(1)),
+            receive_lsn: replay.map(Lsn),
+            replay_lsn: replay.map(Lsn),
+            wal_lsn: wal.map(Lsn),
+            pending_restart: false,
+            updated_at_ms: 1_000,
+        };
+        st.members.get_mut(&MemberName::new("node3").unwrap()).unwrap().status =
+            Some(status("running", Some(0x4000060), None));
+        st.members.get_mut(&MemberName::new("node1").unwrap()).unwrap().status =
+            Some(status("streaming", None, Some(0x4000000)));
+        let v = cluster_view(&st, 2_000);
+        let members = v["members"].as_array().unwrap();
+        assert_eq!(members.len(), 2, "witnesses are not database members");
+        let node1 = &members[0];
+        assert_eq!(node1["role"], "replica");
+        assert_eq!(node1["state"], "streaming");
+        assert_eq!(node1["replay_lsn"], "0/4000000");
+        assert_eq!(node1["lag"], 0x60);
+        assert_eq!(node1["host"], "127.0.0.1");
+        assert_eq!(node1["port"], 27101);
+        assert_eq!(node1["api_url"], "https://127.0.0.1:27201/patroni");
+        assert_eq!(members[1]["role"], "leader");
+        assert_eq!(members[1]["timeline"], 1);
+        assert_eq!(v["scope"], "pgbase");
+        // A member that stopped reporting is not shown as healthy.
+        let stale = cluster_view(&st, 1_000 + STATUS_STALE_MS + 1);
+        assert_eq!(stale["members"][0]["state"], "unknown");
     }
 
     #[test]
