@@ -44,6 +44,13 @@ pub enum CtlCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Show the dynamic configuration (YAML)
+    ShowConfig,
+    /// Change the dynamic configuration: in $EDITOR (diff, then confirm), or with --set,
+    /// --pg and --apply
+    EditConfig(super::ctl_config::EditConfigArgs),
+    /// Timeline history: every promotion with its switch LSN
+    History,
     /// Hand Raft leadership to another voter (the Postgres primary is not affected)
     TransferLeadership {
         /// Member to lead; default: any other voter
@@ -109,6 +116,9 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             let (_, d): (_, Done) = api.delete(&format!("/members/{name}")).await?;
             eprintln!("{}", d.message);
         }
+        CtlCommand::ShowConfig => super::ctl_config::show_config(&api, args.format).await?,
+        CtlCommand::EditConfig(edit) => super::ctl_config::edit_config(&api, edit).await?,
+        CtlCommand::History => super::ctl_config::history(&api, args.format).await?,
         CtlCommand::TransferLeadership { to } => {
             let (_, d): (_, Done) = api.post("/raft/transfer", &TransferRequest { to }).await?;
             eprintln!("{}", d.message);
@@ -143,7 +153,7 @@ pub fn members_output(format: Format, rows: &[MemberRow]) -> String {
     )
 }
 
-fn confirm(question: &str) -> Result<()> {
+pub(crate) fn confirm(question: &str) -> Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!("{question} needs confirmation: run it in a terminal or add --force");
     }

@@ -2,6 +2,7 @@
 //! and in `main` only; everything below returns typed errors.
 
 pub mod ctl;
+pub mod ctl_config;
 pub mod demo;
 pub mod files;
 pub mod init;

@@ -82,3 +82,47 @@ fn a_config_change_reaches_every_member_and_bad_ones_change_nothing() {
     let (_, history) = rt.block_on(admin.get::<Vec<serde_json::Value>>("/history")).unwrap();
     assert!(history.is_empty(), "no promotion yet: {history:?}");
 }
+
+#[test]
+fn ctl_edit_config_show_config_and_history() {
+    let c = Cluster::new(2);
+    let edit = c.ctl(0, &["edit-config", "--set", "ttl=12", "--pg", "max_connections=150", "--force"]);
+    assert!(edit.status.success(), "{}", crate::harness::show(&edit));
+    assert!(
+        crate::harness::stdout(&edit).contains("+ ttl: 12"),
+        "shows the diff: {}",
+        crate::harness::show(&edit)
+    );
+    wait_until(Duration::from_secs(10), "node2 shows the change", || {
+        let out = c.ctl(1, &["show-config", "--format", "json"]);
+        let cfg: DynamicConfig =
+            serde_json::from_str(&crate::harness::stdout(&out)).map_err(|e| e.to_string())?;
+        (cfg.ttl == 12 && cfg.postgresql.parameters.get("max_connections") == Some(&serde_json::json!(150)))
+            .then_some(())
+            .ok_or(format!("{cfg:?}"))
+    });
+    let yaml = crate::harness::stdout(&c.ctl(1, &["show-config"]));
+    assert!(yaml.contains("ttl: 12"), "YAML by default: {yaml}");
+
+    // An impossible value is refused by the cluster, naming the key; nothing changes.
+    let bad = c.ctl(0, &["edit-config", "--set", "ttl=1", "--force"]);
+    assert!(!bad.status.success());
+    assert!(crate::harness::stderr(&bad).contains("ttl"), "{}", crate::harness::show(&bad));
+    // Without --force and without a terminal, it asks instead of changing anything.
+    let unconfirmed = c.ctl(0, &["edit-config", "--set", "pause=true"]);
+    assert!(!unconfirmed.status.success() && crate::harness::stderr(&unconfirmed).contains("--force"));
+
+    // The editor flow: $EDITOR edits the YAML in place.
+    let mut cmd = crate::harness::pgha();
+    cmd.args(["ctl", "--config", c.nodes[0].config_str(), "edit-config", "--force"]);
+    cmd.env("EDITOR", "sed -i 's/^pause: false/pause: true/'");
+    let out = cmd.output().expect("pgha ctl runs");
+    assert!(out.status.success(), "{}", crate::harness::show(&out));
+    let cfg: DynamicConfig =
+        serde_json::from_str(&crate::harness::stdout(&c.ctl(0, &["show-config", "--format", "json"])))
+            .unwrap();
+    assert!(cfg.pause && cfg.ttl == 12, "{cfg:?}");
+
+    let history = c.ctl(0, &["history"]);
+    assert!(history.status.success() && crate::harness::stdout(&history).contains("New Leader"));
+}
