@@ -54,6 +54,12 @@ impl ApiClient {
         &self.endpoints
     }
 
+    /// The same client with another per-call deadline (a switchover waits for its outcome).
+    pub fn with_timeout(mut self, timeout: Duration) -> ApiClient {
+        self.timeout = timeout;
+        self
+    }
+
     /// A client for one endpoint, sharing the TLS configuration.
     pub fn with_endpoint(&self, endpoint: String) -> ApiClient {
         ApiClient { endpoints: vec![endpoint], connector: self.connector.clone(), timeout: self.timeout }

@@ -21,6 +21,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Patroni answers 412 when a check about the members fails (switchover, failover).
+    #[error("{0}")]
+    Precondition(String),
     #[error("this member has not received the cluster state yet; try another member")]
     NotReady,
     #[error("{0}")]
@@ -52,6 +55,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "refused"),
+            ApiError::Precondition(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

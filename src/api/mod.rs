@@ -7,4 +7,5 @@ pub mod health;
 pub mod model;
 pub mod patroni;
 pub mod server;
+pub mod switchover;
 pub mod token;

@@ -53,6 +53,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/token", post(create_token))
         .route("/join", post(join))
         .merge(super::patroni::routes())
+        .merge(super::switchover::routes())
         .layer(middleware::from_fn_with_state(ctx.clone(), require_client_cert))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(ctx)

@@ -44,6 +44,31 @@ pub enum CtlCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Switch the primary over to a replica with no data loss (clean stop, then promotion)
+    Switchover {
+        /// The current primary (checked)
+        #[arg(long)]
+        leader: Option<String>,
+        /// The member to promote; default: the best streaming replica
+        #[arg(long)]
+        candidate: Option<String>,
+        /// When, ISO 8601 with a time zone (e.g. 2026-11-25T20:00:00+00:00); default: now
+        #[arg(long)]
+        scheduled: Option<String>,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        force: bool,
+    },
+    /// Cancel a scheduled switchover
+    CancelSwitchover,
+    /// Promote a named member, also when there is no healthy primary
+    Failover {
+        #[arg(long)]
+        candidate: String,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the dynamic configuration (YAML)
     ShowConfig,
     /// Change the dynamic configuration: in $EDITOR (diff, then confirm), or with --set,
@@ -68,6 +93,9 @@ pub enum TokenCommand {
         ttl: Duration,
     },
 }
+
+/// The API waits up to 60 s for a switchover to complete; ctl waits a little longer.
+const SWITCHOVER_WAIT: Duration = Duration::from_secs(75);
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -115,6 +143,33 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             }
             let (_, d): (_, Done) = api.delete(&format!("/members/{name}")).await?;
             eprintln!("{}", d.message);
+        }
+        CtlCommand::Switchover { leader, candidate, scheduled, force } => {
+            if !force {
+                let to = candidate.as_deref().unwrap_or("the best replica");
+                let when = scheduled.as_deref().unwrap_or("now");
+                confirm(&format!("Switch over to {to} {when}?"))?;
+            }
+            let body =
+                serde_json::json!({"leader": leader, "candidate": candidate, "scheduled_at": scheduled});
+            let (_, d): (_, Done) =
+                api.clone().with_timeout(SWITCHOVER_WAIT).post("/switchover", &body).await?;
+            println!("{}", d.message);
+        }
+        CtlCommand::CancelSwitchover => {
+            let (_, d): (_, Done) = api.delete("/switchover").await?;
+            println!("{}", d.message);
+        }
+        CtlCommand::Failover { candidate, force } => {
+            if !force {
+                confirm(&format!("Fail over to {candidate}? The current primary, if any, is stopped."))?;
+            }
+            let (_, d): (_, Done) = api
+                .clone()
+                .with_timeout(SWITCHOVER_WAIT)
+                .post("/failover", &serde_json::json!({"candidate": candidate}))
+                .await?;
+            println!("{}", d.message);
         }
         CtlCommand::ShowConfig => super::ctl_config::show_config(&api, args.format).await?,
         CtlCommand::EditConfig(edit) => super::ctl_config::edit_config(&api, edit).await?,

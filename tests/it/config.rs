@@ -126,3 +126,29 @@ fn ctl_edit_config_show_config_and_history() {
     let history = c.ctl(0, &["history"]);
     assert!(history.status.success() && crate::harness::stdout(&history).contains("New Leader"));
 }
+
+/// Requests that cannot succeed are refused with the check that failed, and nothing is stored.
+#[test]
+fn a_switchover_that_cannot_succeed_is_refused_with_the_reason() {
+    let c = Cluster::new(2);
+    let cases: [(&[&str], &str); 4] = [
+        (&["switchover", "--candidate", "node2", "--force"], "no primary"),
+        (&["failover", "--candidate", "nobody", "--force"], "nobody is not a member"),
+        (&["failover", "--candidate", "node2"], "--force"),
+        (&["switchover", "--candidate", "node2", "--scheduled", "tomorrow", "--force"], "scheduled_at"),
+    ];
+    for (args, needle) in cases {
+        let out = c.ctl(0, args);
+        assert!(!out.status.success(), "{args:?} must fail: {}", crate::harness::show(&out));
+        assert!(
+            crate::harness::stderr(&out).contains(needle),
+            "{args:?} says {needle:?}: {}",
+            crate::harness::show(&out)
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (_, cluster) = rt.block_on(client(&c, 1, false).get::<serde_json::Value>("/cluster")).unwrap();
+    assert!(cluster.get("scheduled_switchover").is_none(), "nothing was stored: {cluster}");
+    let out = c.ctl(0, &["cancel-switchover"]);
+    assert!(!out.status.success() && crate::harness::stderr(&out).contains("no switchover"));
+}
