@@ -27,6 +27,8 @@ use tokio::sync::watch;
 /// A status report is repeated at least this often even when nothing changed, so that
 /// eligibility (which ignores reports older than `STATUS_FRESH_MS`) keeps seeing it.
 const REPORT_EVERY: Duration = Duration::from_secs(3);
+/// Bound of a status report's proposal.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The shortest pause between iterations woken by state changes (bounds a busy loop).
 const MIN_PAUSE: Duration = Duration::from_millis(50);
 /// Bound of the clean stop at shutdown.
@@ -196,7 +198,9 @@ impl HaLoop {
             return;
         }
         let command = Command::ReportStatus { member: self.me.clone(), status: status.clone() };
-        match self.handle.propose_timeout(command, cluster.config.retry_timeout()).await {
+        // Best effort and short: a member without quorum must not spend its iteration here.
+        let timeout = cluster.config.retry_timeout().min(REPORT_TIMEOUT);
+        match self.handle.propose_timeout(command, timeout).await {
             Ok(_) => self.last_report = Some((status, now)),
             Err(e) => tracing::debug!(error = %e, "cannot report the member status"),
         }

@@ -1,7 +1,8 @@
 //! Postgres under pgha, as an operator sees it through `psql`: a new cluster bootstraps one
 //! primary and clones two streaming replicas that receive what is written on the primary; when
 //! the primary's machine dies (pgha and its postmaster killed with SIGKILL), a replica is
-//! promoted and the other follows it. Every check is a query against a node's Postgres port.
+//! promoted and the other follows it, and the old primary returns as a replica; when the
+//! primary's pgha is stopped, it releases its lease and a replica takes over. Every check is a query against a node's Postgres port.
 
 use crate::harness::{wait_until, Cluster, SUPERUSER_PASSWORD};
 use std::process::Command;
@@ -50,7 +51,12 @@ fn wait_primary_with_streaming_replicas(c: &Cluster, nodes: &[usize], deadline: 
         let r = roles(c, nodes);
         let primaries: Vec<usize> =
             nodes.iter().zip(&r).filter(|(_, r)| *r == "primary").map(|(&i, _)| i).collect();
+        let replicas = r.iter().filter(|r| *r == "replica").count();
         let [p] = primaries.as_slice() else { return Err(format!("roles {r:?}")) };
+        // pg_basebackup's WAL stream also shows as `streaming` under the member's name.
+        if replicas + 1 != nodes.len() {
+            return Err(format!("roles {r:?}"));
+        }
         let streaming = psql(c, *p, "SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication WHERE state = 'streaming'")?;
         let want: Vec<&str> = nodes.iter().filter(|&&i| i != *p).map(|&i| c.nodes[i].name.as_str()).collect();
         if streaming == want.join(",") {
@@ -87,7 +93,7 @@ fn three_nodes_bootstrap_one_primary_and_two_streaming_replicas_that_receive_a_n
 }
 
 #[test]
-fn killing_the_primary_node_promotes_a_replica_and_the_other_follows_it() {
+fn killing_the_primary_node_promotes_a_replica_the_other_follows_it_and_the_old_one_returns_as_a_replica() {
     let mut c = Cluster::new(3);
     let old = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
     psql(&c, old, "CREATE TABLE it_t (x int); INSERT INTO it_t VALUES (7)").expect("write on the primary");
@@ -107,6 +113,30 @@ fn killing_the_primary_node_promotes_a_replica_and_the_other_follows_it() {
     assert_ne!(new, old);
     assert_eq!(psql(&c, new, "SELECT x FROM it_t").unwrap(), "7", "nothing acknowledged was lost");
     psql(&c, new, "INSERT INTO it_t VALUES (8)").expect("the new primary takes writes");
-    let other = survivors.into_iter().find(|&i| i != new).unwrap();
+    let other = survivors.iter().copied().find(|&i| i != new).unwrap();
     wait_row(&c, other, "SELECT count(*) FROM it_t", "2");
+
+    // The machine comes back: its Postgres rejoins as a replica of the new primary.
+    c.start(old);
+    let primary = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    assert_eq!(primary, new, "the returning node does not take the primary role back");
+    wait_row(&c, old, "SELECT count(*) FROM it_t", "2");
+}
+
+#[test]
+fn stopping_the_primary_node_releases_its_lease_and_a_replica_takes_over() {
+    let mut c = Cluster::new(3);
+    let old = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    psql(&c, old, "CREATE TABLE it_t (x int); INSERT INTO it_t VALUES (1)").expect("write on the primary");
+    let status = c.stop(old);
+    assert!(status.success(), "{} stops cleanly on SIGTERM: {status}", c.nodes[old].name);
+    let log = c.log_text(old);
+    assert!(
+        log.lines().any(|l| l.contains("released the lease at shutdown") && l.contains("Accepted")),
+        "{} released its lease with its shutdown checkpoint",
+        c.nodes[old].name
+    );
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let new = wait_primary_with_streaming_replicas(&c, &survivors, FAILOVER);
+    assert_eq!(psql(&c, new, "SELECT x FROM it_t").unwrap(), "1", "the switchover lost nothing");
 }
