@@ -84,6 +84,13 @@ impl HaLoop {
                     .await
                     .map_err(err)
             }
+            Action::CrashRecover => {
+                let data = self.local.data();
+                if data.is_standby() {
+                    return Err("not recovering a data directory with standby.signal".into());
+                }
+                self.local.tools().crash_recover(data.path(), COPY_TIMEOUT).await.map_err(err)
+            }
             Action::Stop { mode } => {
                 let mode = match mode {
                     StopMode::Fast => PgStopMode::Fast,

@@ -37,12 +37,16 @@ pub const SECRET_REWIND: &str = "rewind";
 
 /// Maps a stopped data directory's control file to [`LocalPg::Stopped`]. `was_primary`: the
 /// last run was a primary (`in production` after a crash, `shut down` after a clean stop).
-pub fn from_controldata(cd: &ControlData) -> LocalPg {
+/// `base_backup`: the directory holds a `backup_label`, i.e. it is a clone that never ran: its
+/// control file was copied from a running primary and says `in production`, but it is no
+/// former primary.
+pub fn from_controldata(cd: &ControlData, base_backup: bool) -> LocalPg {
     LocalPg::Stopped {
         system_identifier: cd.system_identifier.to_string(),
         timeline: cd.timeline,
         checkpoint: cd.checkpoint_lsn,
-        was_primary: matches!(cd.state, DbState::InProduction | DbState::ShutDown),
+        was_primary: !base_backup && matches!(cd.state, DbState::InProduction | DbState::ShutDown),
+        clean: cd.state.is_clean_shutdown(),
     }
 }
 
@@ -252,7 +256,7 @@ impl LocalPostgres {
             }
         }
         match self.tools.controldata(self.data.path(), CONTROLDATA_TIMEOUT).await {
-            Ok(cd) => (from_controldata(&cd), None),
+            Ok(cd) => (from_controldata(&cd, self.data.file("backup_label").exists()), None),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the control file");
                 (LocalPg::Starting, None)

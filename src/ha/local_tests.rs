@@ -72,25 +72,28 @@ fn control(state: DbState, timeline: u32, checkpoint: u64) -> ControlData {
 
 #[test]
 fn controldata_maps_to_stopped_with_was_primary() {
+    // (control file state, has backup_label, was_primary, clean)
     let cases = [
-        (DbState::ShutDown, true),
-        (DbState::InProduction, true),
-        (DbState::ShutDownInRecovery, false),
-        (DbState::InArchiveRecovery, false),
-        (DbState::InCrashRecovery, false),
-        (DbState::StartingUp, false),
-        (DbState::ShuttingDown, false),
+        (DbState::ShutDown, false, true, true),
+        (DbState::InProduction, false, true, false),
+        (DbState::InProduction, true, false, false),
+        (DbState::ShutDownInRecovery, false, false, true),
+        (DbState::InArchiveRecovery, false, false, false),
+        (DbState::InCrashRecovery, false, false, false),
+        (DbState::StartingUp, false, false, false),
+        (DbState::ShuttingDown, false, false, false),
     ];
-    for (state, was_primary) in cases {
+    for (state, base_backup, was_primary, clean) in cases {
         assert_eq!(
-            from_controldata(&control(state, 3, 0x3000028)),
+            from_controldata(&control(state, 3, 0x3000028), base_backup),
             LocalPg::Stopped {
                 system_identifier: "7".into(),
                 timeline: Timeline(3),
                 checkpoint: Lsn(0x3000028),
-                was_primary
+                was_primary,
+                clean
             },
-            "{state:?}"
+            "{state:?} backup_label: {base_backup}"
         );
     }
 }
@@ -209,7 +212,7 @@ fn probe_maps_to_running() {
 
 #[test]
 fn status_reports_use_patroni_words() {
-    let stopped = from_controldata(&control(DbState::ShutDown, 1, 0));
+    let stopped = from_controldata(&control(DbState::ShutDown, 1, 0), false);
     let streaming = running(PgRole::Replica, 1, Some("n1"), true);
     let cases: Vec<(LocalPg, Option<PgProbe>, &str, &str)> = vec![
         (LocalPg::Absent, None, "stopped", "replica"),
