@@ -201,6 +201,11 @@ pub fn decide(obs: &Observation) -> Decision {
                     d(Action::AcquireLease { expected_epoch: c.last_epoch }, Reason::Bootstrapping)
                 }
                 (LocalPg::Stopped { .. }, Some(_)) => d(Action::StartPrimary, Reason::Bootstrapping),
+                // The new primary may take longer than `ttl` to accept connections: keep the lease.
+                (LocalPg::Starting, Some(_)) => match c.lease.as_ref().filter(|l| &l.holder == obs.me) {
+                    Some(l) => d(Action::RenewLease { epoch: l.epoch }, Reason::Bootstrapping),
+                    None => d(Action::None, Reason::Starting),
+                },
                 (LocalPg::Running { role: PgRole::Primary, .. }, Some(_)) => {
                     d(Action::CompleteInitialize, Reason::Bootstrapping)
                 }

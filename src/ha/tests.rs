@@ -241,6 +241,16 @@ fn decisions() {
             StartPrimary,
         ),
         (
+            "bootstrapped primary still starting: keep the lease",
+            Case::three().me("n1").uninitialized(Some("n1")).held("n1", 1, true).pg(LocalPg::Starting),
+            RenewLease { epoch: e(1) },
+        ),
+        (
+            "bootstrapped primary starting without a valid lease: wait",
+            Case::three().me("n1").uninitialized(Some("n1")).pg(LocalPg::Starting),
+            None,
+        ),
+        (
             "bootstrapped primary running: roles and system identifier",
             Case::three().me("n1").uninitialized(Some("n1")).held("n1", 1, true).pg(primary(20)),
             CompleteInitialize,
