@@ -70,7 +70,7 @@ impl HaLoop {
                 Ok(())
             }
             Action::StartReplica { upstream } => {
-                self.fence.disarm();
+                self.disarm_fence();
                 self.local.start(c, Some(upstream)).await
             }
             Action::Follow { upstream } => self.local.follow(c, upstream).await,
@@ -98,7 +98,7 @@ impl HaLoop {
                 };
                 self.local.stop(mode, STOP_TIMEOUT).await.map_err(err)?;
                 // Confirmed gone: nothing left to fence.
-                self.fence.disarm();
+                self.disarm_fence();
                 Ok(())
             }
             Action::ReleaseLease { epoch, checkpoint } => {
@@ -135,16 +135,23 @@ impl HaLoop {
 
     /// Tells the fence our postmaster may live until the lease deadline, if it runs as a
     /// primary and the deadline is valid.
-    pub(super) async fn extend_fence(&self) {
+    pub(super) async fn extend_fence(&mut self) {
         let (Some(pid), true) = (self.local.pid(), self.local.runs_as_primary()) else { return };
         match self.handle.lease().await {
             Ok(view) => {
                 if let Some(deadline) = view.deadline {
                     self.fence.extend(pid as i32, deadline);
+                    self.fence_armed = true;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the lease deadline for the fence"),
         }
+    }
+
+    /// Tells the fence there is no primary Postgres to fence any more.
+    pub(super) fn disarm_fence(&mut self) {
+        self.fence.disarm();
+        self.fence_armed = false;
     }
 
     async fn bootstrap(&mut self, c: &ClusterState) -> Result<(), String> {

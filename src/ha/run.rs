@@ -93,6 +93,8 @@ pub struct HaLoop {
     pub(super) handle: Handle,
     pub(super) local: LocalPostgres,
     pub(super) fence: Arc<dyn Fence>,
+    /// Whether the fence was told a pid to kill (and not disarmed since).
+    pub(super) fence_armed: bool,
     pub(super) post_bootstrap: Option<PathBuf>,
     decision_tx: watch::Sender<Option<Decision>>,
     last_report: Option<(MemberStatus, clock::BootInstant)>,
@@ -110,8 +112,17 @@ impl HaLoop {
         post_bootstrap: Option<PathBuf>,
     ) -> (HaLoop, watch::Receiver<Option<Decision>>) {
         let (decision_tx, decision_rx) = watch::channel(None);
-        let ha =
-            HaLoop { me, handle, local, fence, post_bootstrap, decision_tx, last_report: None, slots: None };
+        let ha = HaLoop {
+            me,
+            handle,
+            local,
+            fence,
+            fence_armed: false,
+            post_bootstrap,
+            decision_tx,
+            last_report: None,
+            slots: None,
+        };
         (ha, decision_rx)
     }
 
@@ -140,6 +151,11 @@ impl HaLoop {
                 }
             };
             let (pg, probe) = self.local.observe(&cluster).await;
+            if self.fence_armed && self.local.pid().is_none() {
+                // Our postmaster exited by itself (and was reaped): its pid may be reused, so
+                // the fence must forget it at once.
+                self.disarm_fence();
+            }
             let now_ms = clock::wall_now_ms();
             let obs =
                 Observation { me: &self.me, cluster: &cluster, lease: &lease, pg: &pg, wall_now_ms: now_ms };
@@ -239,7 +255,7 @@ impl HaLoop {
     async fn shut_down(&mut self) {
         let was_primary = self.local.runs_as_primary();
         match self.local.stop(StopMode::Fast, SHUTDOWN_STOP).await {
-            Ok(_) => self.fence.disarm(),
+            Ok(_) => self.disarm_fence(),
             Err(e) => {
                 tracing::error!(error = %e, "cannot stop Postgres at shutdown");
                 return;
