@@ -238,8 +238,11 @@ impl HaLoop {
         if self.slots.as_ref() == Some(&wanted) {
             return;
         }
+        // Credentials from the newest state: this iteration's may predate the secrets that
+        // CompleteInitialize just recorded.
+        let latest = self.handle.state();
         let result = async {
-            let session = self.local.session(Some(cluster)).await?;
+            let session = self.local.session(Some(latest.as_deref().unwrap_or(cluster))).await?;
             session.ensure_physical_slots(&wanted).await?;
             session.drop_slots_except(&wanted).await
         }
