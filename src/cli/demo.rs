@@ -69,7 +69,7 @@ fn node_config(root: &Path, name: &str, user: &str, p: &[u16]) -> String {
         "scope: demo\nname: {name}\nuser: {user}\n\
 restapi:\n  listen: 127.0.0.1:{api}\n  connect_address: 127.0.0.1:{api}\n\
 raft:\n  listen: 127.0.0.1:{raft}\n  connect_address: 127.0.0.1:{raft}\n  data_dir: {d}/raft\n\
-postgresql:\n  listen: 127.0.0.1:{pg}\n  connect_address: 127.0.0.1:{pg}\n  data_dir: {d}/data\n\
+postgresql:\n  listen: 127.0.0.1:{pg}\n  connect_address: 127.0.0.1:{pg}\n  data_dir: {d}/pg/data\n\
 proxy:\n  listen: 127.0.0.1:{w}\n  replicas_listen: 127.0.0.1:{r}\n\
 tls:\n  cafile: {d}/tls/ca.crt\n  certfile: {d}/tls/node.crt\n  keyfile: {d}/tls/node.key\n\
 ctl:\n  certfile: {d}/tls/ctl.crt\n  keyfile: {d}/tls/ctl.key\n  cacert: {d}/tls/ca.crt\n\

@@ -1,6 +1,8 @@
-//! `pgha run`: one node's process. Drops to the service user before any thread exists, then
-//! starts the Raft member, its transport and the REST API on one tokio runtime, and stops them
-//! in order on SIGTERM/SIGINT (a Raft leader first hands leadership to another voter).
+//! `pgha run`: one node's process. Drops to the service user before any thread exists, starts
+//! the Postgres spawner thread (every postmaster is its child, DESIGN.md lease rule 4), then
+//! the Raft member, its transport, the REST API and, on a data member, the HA loop on one tokio
+//! runtime, and stops them in order on SIGTERM/SIGINT: the HA loop first (it stops Postgres and
+//! releases a held lease), then the Raft member (a leader first hands leadership away).
 
 use super::ConfigArg;
 use crate::api::client::ApiClient;
@@ -11,12 +13,26 @@ use crate::dcs::meta::MemberMeta;
 use crate::dcs::node::{CoreConfig, RaftCore};
 use crate::dcs::transport::{self, LocalIdentity, Outbox, RaftAcceptor, Reachability};
 use crate::dcs::{bootstrap, driver, raft_log};
+use crate::fence::{Fence, NoFence};
+use crate::ha::local::LocalPostgres;
+use crate::ha::run::HaLoop;
+use crate::pg::bin::BinDir;
+use crate::pg::ctl::PgTools;
+use crate::pg::leftover::{stop_leftover, Leftover};
+use crate::pg::spawner::Spawner;
 use crate::sys::user::{self, ServiceUser};
 use crate::tls::{self, NodeTls};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+/// Bound of each step of stopping a leftover postmaster at start.
+const LEFTOVER_STOP: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the HA loop (a clean Postgres stop plus a lease release).
+const HA_STOP: Duration = Duration::from_secs(90);
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -38,12 +54,19 @@ pub fn run(args: RunArgs) -> Result<()> {
     let forced =
         if args.force_new_cluster { Some(bootstrap::force_new_cluster(&cfg.raft.data_dir)?) } else { None };
     become_service_user(&cfg, &path)?;
+    // After the privilege drop, before the runtime: the long-lived thread every Postgres
+    // child is forked from (its exit is what delivers their parent-death signal).
+    let spawner = if cfg.witness {
+        None
+    } else {
+        Some(Spawner::start().context("cannot start the Postgres spawner thread")?)
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(cfg, forced))
+    rt.block_on(serve(cfg, forced, spawner))
 }
 
 /// As root: hand our directories to the service user and drop to it (no threads exist yet,
@@ -55,6 +78,13 @@ fn become_service_user(cfg: &LocalConfig, path: &Path) -> Result<()> {
         std::fs::create_dir_all(&cfg.raft.data_dir)
             .with_context(|| format!("cannot create raft.data_dir {}", cfg.raft.data_dir.display()))?;
         user::chown_tree(&cfg.raft.data_dir, u.uid, u.gid)?;
+        if !cfg.witness {
+            // The data directory's parent holds pgha's socket directory, the server log and
+            // clones in progress: the service user must write there.
+            if let Some(parent) = cfg.postgresql.data_dir.parent() {
+                create_owned_dirs(parent, &u)?;
+            }
+        }
         user::drop_privileges(&u)?;
         tracing::debug!(user = %u.name, uid = u.uid, "dropped root privileges");
         return Ok(());
@@ -73,9 +103,47 @@ fn become_service_user(cfg: &LocalConfig, path: &Path) -> Result<()> {
     }
 }
 
+/// Creates `dir` and its missing ancestors, giving the ones it created (only those) to `u`.
+fn create_owned_dirs(dir: &Path, u: &ServiceUser) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d.to_owned());
+        cur = d.parent();
+    }
+    for d in missing.iter().rev() {
+        std::fs::create_dir(d).with_context(|| format!("cannot create {}", d.display()))?;
+        nix::unistd::chown(d, Some(u.uid.into()), Some(u.gid.into()))
+            .with_context(|| format!("cannot give {} to {}", d.display(), u.name))?;
+    }
+    Ok(())
+}
+
+/// The HA loop of a data member, after stopping a postmaster an earlier pgha left behind.
+async fn start_ha(
+    cfg: &LocalConfig,
+    spawner: Spawner,
+    handle: crate::dcs::handle::Handle,
+    fence: Arc<dyn Fence>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let data_dir = &cfg.postgresql.data_dir;
+    match stop_leftover(data_dir, LEFTOVER_STOP).await? {
+        Leftover::None => {}
+        found => tracing::warn!(?found, data_dir = %data_dir.display(), "stopped a leftover postmaster"),
+    }
+    let bin = BinDir::resolve(cfg.postgresql.bin_dir.as_deref(), data_dir)?;
+    let user = ServiceUser::lookup(&cfg.user)?;
+    let tools = PgTools::new(bin, user, spawner);
+    let local = LocalPostgres::new(cfg, tools)?;
+    let (ha, _decisions) =
+        HaLoop::new(cfg.name.clone(), handle, local, fence, cfg.bootstrap.post_bootstrap.clone());
+    Ok(tokio::spawn(ha.run(shutdown)))
+}
+
 /// `forced`: the member identity after `--force-new-cluster` (this member is the only voter
 /// and campaigns at once).
-async fn serve(cfg: LocalConfig, forced: Option<MemberMeta>) -> Result<()> {
+async fn serve(cfg: LocalConfig, forced: Option<MemberMeta>, spawner: Option<Spawner>) -> Result<()> {
     let node_tls = NodeTls::load(&cfg.tls.cafile, &cfg.tls.certfile, &cfg.tls.keyfile)?;
     if node_tls.scope() != cfg.scope {
         bail!(
@@ -147,6 +215,12 @@ async fn serve(cfg: LocalConfig, forced: Option<MemberMeta>) -> Result<()> {
         shutdown_rx.clone(),
     ));
     let mut driver = tokio::spawn(driver::run(core, io, outbox, shutdown_rx, meta.seed_peers.clone()));
+    let (ha_stop_tx, ha_stop_rx) = watch::channel(false);
+    let mut ha = match spawner {
+        // The fence is a parameter: `NoFence` until the fencer process exists.
+        Some(spawner) => Some(start_ha(&cfg, spawner, handle.clone(), Arc::new(NoFence), ha_stop_rx).await?),
+        None => None,
+    };
     tracing::info!(
         member = %cfg.name,
         node = %meta.node_id,
@@ -160,9 +234,10 @@ async fn serve(cfg: LocalConfig, forced: Option<MemberMeta>) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let result = tokio::select! {
         r = &mut driver => r,
-        _ = term.recv() => { let _ = shutdown_tx.send(true); driver.await }
-        _ = int.recv() => { let _ = shutdown_tx.send(true); driver.await }
+        _ = term.recv() => { stop_ha(&ha_stop_tx, ha.take()).await; let _ = shutdown_tx.send(true); driver.await }
+        _ = int.recv() => { stop_ha(&ha_stop_tx, ha.take()).await; let _ = shutdown_tx.send(true); driver.await }
     };
+    stop_ha(&ha_stop_tx, ha.take()).await;
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(3), api).await;
     match result {
@@ -172,6 +247,16 @@ async fn serve(cfg: LocalConfig, forced: Option<MemberMeta>) -> Result<()> {
         }
         Ok(Err(e)) => Err(anyhow::Error::new(e).context("the Raft member stopped")),
         Err(e) => bail!("the Raft member crashed: {e}"),
+    }
+}
+
+/// Stops the HA loop (it stops Postgres, and a primary releases its lease) and waits for it.
+async fn stop_ha(stop: &watch::Sender<bool>, ha: Option<tokio::task::JoinHandle<()>>) {
+    let _ = stop.send(true);
+    if let Some(task) = ha {
+        if tokio::time::timeout(HA_STOP, task).await.is_err() {
+            tracing::error!("the HA loop did not stop within {HA_STOP:?}");
+        }
     }
 }
 

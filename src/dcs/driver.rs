@@ -219,10 +219,12 @@ fn handle_request<S: LogStore>(
     };
     match req {
         Request::Propose { command, reply } => register(core.propose(command), reply),
-        Request::Acquire { expected_epoch, ttl, reply } => {
-            register(core.propose_acquire(expected_epoch, ttl, now), reply)
+        Request::Acquire { expected_epoch, ttl, lsn, reply } => {
+            register(core.propose_acquire_at(expected_epoch, ttl, now, lsn), reply)
         }
-        Request::Renew { epoch, ttl, reply } => register(core.propose_renew(epoch, ttl, now), reply),
+        Request::Renew { epoch, ttl, lsn, reply } => {
+            register(core.propose_renew_at(epoch, ttl, now, lsn), reply)
+        }
         Request::Release { epoch, checkpoint, reply } => {
             register(core.propose_release(epoch, checkpoint), reply)
         }

@@ -40,14 +40,40 @@ impl From<ProposeError> for DcsError {
 }
 
 pub enum Request {
-    Propose { command: Command, reply: oneshot::Sender<Result<Outcome, DcsError>> },
-    Acquire { expected_epoch: LeaseEpoch, ttl: Duration, reply: oneshot::Sender<Result<Outcome, DcsError>> },
-    Renew { epoch: LeaseEpoch, ttl: Duration, reply: oneshot::Sender<Result<Outcome, DcsError>> },
-    Release { epoch: LeaseEpoch, checkpoint: Option<Lsn>, reply: oneshot::Sender<Result<Outcome, DcsError>> },
-    ReadIndex { reply: oneshot::Sender<Result<u64, DcsError>> },
-    Status { reply: oneshot::Sender<(RaftStatus, CommitLatency)> },
-    Lease { reply: oneshot::Sender<LeaseView> },
-    TransferLeader { to: NodeId, reply: oneshot::Sender<()> },
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<Outcome, DcsError>>,
+    },
+    Acquire {
+        expected_epoch: LeaseEpoch,
+        ttl: Duration,
+        lsn: Option<Lsn>,
+        reply: oneshot::Sender<Result<Outcome, DcsError>>,
+    },
+    Renew {
+        epoch: LeaseEpoch,
+        ttl: Duration,
+        lsn: Option<Lsn>,
+        reply: oneshot::Sender<Result<Outcome, DcsError>>,
+    },
+    Release {
+        epoch: LeaseEpoch,
+        checkpoint: Option<Lsn>,
+        reply: oneshot::Sender<Result<Outcome, DcsError>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, DcsError>>,
+    },
+    Status {
+        reply: oneshot::Sender<(RaftStatus, CommitLatency)>,
+    },
+    Lease {
+        reply: oneshot::Sender<LeaseView>,
+    },
+    TransferLeader {
+        to: NodeId,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 #[derive(Clone)]
@@ -124,23 +150,27 @@ impl Handle {
     }
 
     /// Tries to take the free lease, expecting `expected_epoch` to be the last one granted.
+    /// `lsn` is this member's WAL position, checked inside the compare-and-set (lease rule 3).
     pub async fn acquire_lease(
         &self,
         expected_epoch: LeaseEpoch,
         ttl: Duration,
         timeout: Duration,
+        lsn: Option<Lsn>,
     ) -> Result<Outcome, DcsError> {
-        self.propose_with(timeout, |reply| Request::Acquire { expected_epoch, ttl, reply }).await
+        self.propose_with(timeout, |reply| Request::Acquire { expected_epoch, ttl, lsn, reply }).await
     }
 
-    /// Renews the lease this node holds; its local deadline moves only if accepted.
+    /// Renews the lease this node holds; its local deadline moves only if accepted. `lsn` is
+    /// the primary's current WAL position, recorded as the last primary position.
     pub async fn renew_lease(
         &self,
         epoch: LeaseEpoch,
         ttl: Duration,
         timeout: Duration,
+        lsn: Option<Lsn>,
     ) -> Result<Outcome, DcsError> {
-        self.propose_with(timeout, |reply| Request::Renew { epoch, ttl, reply }).await
+        self.propose_with(timeout, |reply| Request::Renew { epoch, ttl, lsn, reply }).await
     }
 
     /// Gives the lease up, recording the shutdown checkpoint after a clean stop.

@@ -52,6 +52,9 @@ pub enum Action {
     Rewind {
         from: MemberName,
     },
+    /// Crash recovery of a stopped data directory without serving (single-user mode): a
+    /// crashed former primary, before it is compared with the history and rewound.
+    CrashRecover,
     Stop {
         mode: StopMode,
     },
@@ -84,6 +87,7 @@ pub enum Reason {
     WrongUpstream { upstream: MemberName },
     Diverged { timeline: Timeline, primary_timeline: Timeline },
     NeedsClone { from: MemberName },
+    CrashedPrimary,
     Starting,
     LeaseFree,
     Ineligible(Ineligible),
@@ -121,6 +125,10 @@ impl fmt::Display for Reason {
                 "my timeline {timeline} diverged from the primary's timeline {primary_timeline}"
             ),
             NeedsClone { from } => write!(f, "no data directory: cloning from {from}"),
+            CrashedPrimary => write!(
+                f,
+                "my Postgres crashed as a primary: recovering it before comparing it with the new primary's history"
+            ),
             Starting => write!(f, "Postgres is starting"),
             LeaseFree => write!(f, "the lease is free and I am eligible: acquiring it"),
             Ineligible(why) => write!(f, "the lease is free but I may not take it: {why}"),
@@ -193,6 +201,11 @@ pub fn decide(obs: &Observation) -> Decision {
                     d(Action::AcquireLease { expected_epoch: c.last_epoch }, Reason::Bootstrapping)
                 }
                 (LocalPg::Stopped { .. }, Some(_)) => d(Action::StartPrimary, Reason::Bootstrapping),
+                // The new primary may take longer than `ttl` to accept connections: keep the lease.
+                (LocalPg::Starting, Some(_)) => match c.lease.as_ref().filter(|l| &l.holder == obs.me) {
+                    Some(l) => d(Action::RenewLease { epoch: l.epoch }, Reason::Bootstrapping),
+                    None => d(Action::None, Reason::Starting),
+                },
                 (LocalPg::Running { role: PgRole::Primary, .. }, Some(_)) => {
                     d(Action::CompleteInitialize, Reason::Bootstrapping)
                 }
@@ -317,6 +330,11 @@ fn follow(c: &ClusterState, me: &MemberName, primary: &MemberName, pg: &LocalPg,
             auto(Action::Clone { from: from.clone() }, Reason::NeedsClone { from })
         }
         LocalPg::Starting => d(Action::None, Reason::Starting),
+        // pg_rewind refuses a data directory that was not shut down cleanly, and only a clean
+        // one's last checkpoint is the end of its WAL: recover first, then decide.
+        LocalPg::Stopped { was_primary: true, clean: false, .. } if c.config.postgresql.use_pg_rewind => {
+            auto(Action::CrashRecover, Reason::CrashedPrimary)
+        }
         LocalPg::Stopped { timeline, checkpoint, was_primary, .. } => {
             let primary_timeline = c
                 .members

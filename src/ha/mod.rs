@@ -1,8 +1,15 @@
-//! The HA loop's policy: what the local node should do next. `observe` describes the inputs,
-//! `decide` is the pure decision (table-tested in `tests`), `eligibility` the promotion rules.
+//! The HA loop: what the local node should do next, and doing it. `observe` describes the
+//! inputs, `decide` is the pure decision (table-tested in `tests`), `eligibility` the promotion
+//! rules; `run` is the loop (gather, decide, act), `local` the local Postgres it owns and `act`
+//! the execution of one action.
 
+mod act;
 pub mod decide;
 pub mod eligibility;
+pub mod local;
+#[cfg(test)]
+mod local_tests;
 pub mod observe;
+pub mod run;
 #[cfg(test)]
 mod tests;

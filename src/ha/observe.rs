@@ -26,6 +26,9 @@ pub enum LocalPg {
         /// The control file says the last run was a primary (`in production` or `shut down`),
         /// not a standby (`in archive recovery` / `shut down in recovery`).
         was_primary: bool,
+        /// Shut down cleanly (`shut down` / `shut down in recovery`). After a crash the last
+        /// checkpoint is not the end of the WAL, so it cannot be compared with the history.
+        clean: bool,
     },
     /// A postmaster that does not answer queries yet (starting up, crash recovery).
     Starting,

@@ -47,6 +47,17 @@ fn stopped(timeline: u32, checkpoint: u64, was_primary: bool) -> LocalPg {
         timeline: Timeline(timeline),
         checkpoint: Lsn(checkpoint),
         was_primary,
+        clean: true,
+    }
+}
+/// A former primary stopped without a shutdown checkpoint (killed, crashed).
+fn crashed(timeline: u32, checkpoint: u64) -> LocalPg {
+    LocalPg::Stopped {
+        system_identifier: "42".into(),
+        timeline: Timeline(timeline),
+        checkpoint: Lsn(checkpoint),
+        was_primary: true,
+        clean: false,
     }
 }
 
@@ -230,6 +241,16 @@ fn decisions() {
             StartPrimary,
         ),
         (
+            "bootstrapped primary still starting: keep the lease",
+            Case::three().me("n1").uninitialized(Some("n1")).held("n1", 1, true).pg(LocalPg::Starting),
+            RenewLease { epoch: e(1) },
+        ),
+        (
+            "bootstrapped primary starting without a valid lease: wait",
+            Case::three().me("n1").uninitialized(Some("n1")).pg(LocalPg::Starting),
+            None,
+        ),
+        (
             "bootstrapped primary running: roles and system identifier",
             Case::three().me("n1").uninitialized(Some("n1")).held("n1", 1, true).pg(primary(20)),
             CompleteInitialize,
@@ -241,6 +262,7 @@ fn decisions() {
                 timeline: Timeline(1),
                 checkpoint: Lsn(1),
                 was_primary: false,
+                clean: true,
             }),
             None,
         ),
@@ -350,6 +372,26 @@ fn decisions() {
             "old primary stopped cleanly at the switch point: just follow",
             Case::three().me("n1").held("n2", 4, false).history(1, 500).pg(stopped(1, 500, true)),
             StartReplica { upstream: n("n2") },
+        ),
+        (
+            "crashed old primary, even before the switch point: crash recovery first",
+            Case::three().me("n1").held("n2", 4, false).history(1, 300).pg(crashed(1, 200)),
+            CrashRecover,
+        ),
+        (
+            "crashed old primary without pg_rewind: as before, compared by its checkpoint",
+            Case::three().me("n1").held("n2", 4, false).history(1, 300).no_rewind().pg(crashed(1, 200)),
+            StartReplica { upstream: n("n2") },
+        ),
+        (
+            "crashed old primary while paused: nothing",
+            Case::three().me("n1").held("n2", 4, false).history(1, 300).paused().pg(crashed(1, 200)),
+            None,
+        ),
+        (
+            "crashed holder with a valid lease: restart in place (Postgres recovers itself)",
+            Case::three().me("n1").held("n1", 3, true).pg(crashed(1, 500)),
+            StartPrimary,
         ),
         (
             "old primary on a timeline unknown to the history: rewind",

@@ -132,6 +132,24 @@ impl PgTools {
         self.run("pg_rewind", args, &password_env(password), timeout).await.map(drop)
     }
 
+    /// Runs crash recovery on a stopped data directory that was not shut down cleanly, without
+    /// accepting connections: `postgres --single` replays the WAL, and at the end of its input
+    /// (stdin is empty) writes a shutdown checkpoint and exits. pg_rewind refuses a directory
+    /// that was not shut down cleanly, and only afterwards is its last checkpoint the end of its
+    /// WAL. Must not run on a directory with `standby.signal` (it would wait for WAL).
+    pub async fn crash_recover(&self, data_dir: &Path, timeout: Duration) -> Result<(), PgError> {
+        // `--single` must come first.
+        let args: Vec<OsString> = vec![
+            "--single".into(),
+            "-D".into(),
+            data_dir.into(),
+            "-c".into(),
+            "archive_mode=off".into(),
+            "postgres".into(),
+        ];
+        self.run("postgres", args, &[], timeout).await.map(drop)
+    }
+
     /// Reads the control file of `data_dir` (running or not).
     pub async fn controldata(&self, data_dir: &Path, timeout: Duration) -> Result<ControlData, PgError> {
         let args: Vec<OsString> = vec!["-D".into(), data_dir.into()];

@@ -61,10 +61,14 @@ impl Spawner {
     /// show the command; it must not contain secrets.
     pub async fn spawn(
         &self,
-        command: Command,
+        mut command: Command,
         user: &ServiceUser,
         display: String,
     ) -> Result<ChildProcess, PgError> {
+        // The service user's home, not an inherited one: libpq (pg_basebackup, pg_rewind, the
+        // walreceiver) reads `~/.postgresql/postgresql.crt`, and under root's HOME that read
+        // fails with "Permission denied" instead of finding nothing.
+        command.env("HOME", &user.home);
         let (reply, answer) = oneshot::channel();
         let request = Request { command, user: user.clone(), reply };
         self.requests.send(request).await.map_err(|_| PgError::SpawnerGone)?;

@@ -345,6 +345,28 @@ async fn stops_are_confirmed_by_waitpid_and_escalate_to_sigkill() {
 }
 
 #[tokio::test]
+async fn a_killed_primary_is_crash_recovered_to_a_clean_shutdown_at_the_end_of_its_wal() {
+    let lab = Lab::new("recover");
+    let mut n1 = bootstrap(&lab, "n1").await;
+    let s = n1.session().await;
+    s.execute("a write", "CREATE TABLE t AS SELECT generate_series(1, 1000) AS x").await.unwrap();
+    let written = s.probe().await.unwrap().wal_lsn.unwrap();
+    drop(s);
+    n1.postmaster.take().unwrap().kill().await.unwrap();
+    let before = lab.tools.controldata(n1.data.path(), TOOL).await.unwrap();
+    assert_eq!(before.state, ClusterState::InProduction);
+    assert!(before.checkpoint_lsn < written, "the last checkpoint precedes the write");
+
+    lab.tools.crash_recover(n1.data.path(), TOOL).await.unwrap();
+    let after = lab.tools.controldata(n1.data.path(), TOOL).await.unwrap();
+    assert_eq!(after.state, ClusterState::ShutDown, "{after:?}");
+    assert!(after.checkpoint_lsn >= written, "{} is at or past {written}", after.checkpoint_lsn);
+    n1.start().await;
+    assert_eq!(count(&n1.session().await, "t").await, 1000);
+    n1.stop(StopMode::Fast).await;
+}
+
+#[tokio::test]
 async fn a_postmaster_left_by_an_earlier_pgha_is_found_and_stopped() {
     let lab = Lab::new("leftover");
     let mut n1 = lab.node("n1");

@@ -27,6 +27,8 @@ pub const SCOPE: &str = "it";
 pub const SETTLE: Duration = Duration::from_secs(30);
 /// For an election after a crash or a transfer (election timeout is 1-2 s).
 pub const ELECTION: Duration = Duration::from_secs(10);
+/// The Postgres superuser's password in every node's config (`postgresql.authentication`).
+pub const SUPERUSER_PASSWORD: &str = "it-superuser-pw";
 const POLL: Duration = Duration::from_millis(100);
 const LOG_TAIL_LINES: usize = 40;
 
@@ -228,6 +230,8 @@ pub struct Node {
     pub config: PathBuf,
     pub api: String,
     pub raft: String,
+    /// Where the node's Postgres listens on 127.0.0.1.
+    pub pg_port: u16,
     pub log: PathBuf,
     child: Option<Child>,
 }
@@ -270,7 +274,10 @@ impl Cluster {
 
     /// An empty temp dir named after the running test.
     pub fn empty() -> Cluster {
-        let test = std::thread::current().name().unwrap_or("test").replace("::", "-");
+        // Short: Postgres's socket path (`<root>/<node>/pg/run/.s.PGSQL.<port>`) must stay
+        // under 108 bytes.
+        let test: String =
+            std::thread::current().name().unwrap_or("test").replace("::", "-").chars().take(24).collect();
         let root = std::env::temp_dir().join(format!(
             "pgha-it-{}-{}-{test}",
             std::process::id(),
@@ -300,7 +307,9 @@ impl Cluster {
             "scope: {SCOPE}\nname: {name}\nuser: {user}\n\
 restapi:\n  listen: 127.0.0.1:{api}\n  connect_address: 127.0.0.1:{api}\n\
 raft:\n  listen: 127.0.0.1:{raft}\n  connect_address: 127.0.0.1:{raft}\n  data_dir: {d}/raft\n\
-postgresql:\n  listen: 127.0.0.1:{pg}\n  connect_address: 127.0.0.1:{pg}\n  data_dir: {d}/data\n\
+postgresql:\n  listen: 127.0.0.1:{pg}\n  connect_address: 127.0.0.1:{pg}\n  data_dir: {d}/pg/data\n  \
+authentication:\n    superuser:\n      username: postgres\n      password: {SUPERUSER_PASSWORD}\n  \
+parameters:\n    shared_buffers: 16MB\n    max_connections: 20\n\
 proxy:\n  listen: 127.0.0.1:{w}\n  replicas_listen: 127.0.0.1:{r}\n\
 tls:\n  cafile: {d}/tls/ca.crt\n  certfile: {d}/tls/node.crt\n  keyfile: {d}/tls/node.key\n\
 ctl:\n  certfile: {d}/tls/ctl.crt\n  keyfile: {d}/tls/ctl.key\n  cacert: {d}/tls/ca.crt\n\
@@ -314,6 +323,7 @@ watchdog:\n  mode: off\n{extra}",
         );
         fs::write(&config, text).expect("write a node config");
         self.nodes.push(Node {
+            pg_port: p[2],
             name: name.to_string(),
             dir,
             config,

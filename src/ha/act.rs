@@ -1,0 +1,273 @@
+//! Act: carries out the one [`Action`] `decide` chose this iteration, with a deadline on every
+//! step. Input: the action, the iteration's applied state and local Postgres; output: the
+//! Postgres and Raft side effects, or an error text the loop logs (the next observation shows
+//! what happened: this never retries by itself, never panics, never exits the loop). Safety
+//! orderings from DESIGN.md "The lease": the fence is extended only after an *accepted* grant
+//! or renewal, and a lease is released only once the postmaster's stop was confirmed.
+
+use super::decide::{Action, StopMode};
+use super::local::{generate_password, RoleOf};
+use super::observe::LocalPg;
+use super::run::HaLoop;
+use crate::clock;
+use crate::dcs::state::{ClusterState, Command, HistoryEntry, Outcome};
+use crate::pg::process::StopMode as PgStopMode;
+use crate::pg::roles::RoleKind;
+use crate::types::MemberName;
+use std::time::Duration;
+
+/// Bound of initdb.
+const INITDB_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound of pg_basebackup and pg_rewind (large databases need a configurable one: later).
+const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Bound of a clean stop before the postmaster's group is SIGKILLed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound of `pg_promote(wait => true)`.
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound of the `bootstrap.post_bootstrap` script.
+const POST_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl HaLoop {
+    pub(super) async fn act(
+        &mut self,
+        action: &Action,
+        c: &ClusterState,
+        pg: &LocalPg,
+    ) -> Result<(), String> {
+        let dynamic = &c.config;
+        match action {
+            Action::None => Ok(()),
+            Action::ClaimInitialize => {
+                self.propose(Command::ClaimInitialize { member: self.me.clone() }).await.map(drop)
+            }
+            Action::Bootstrap => self.bootstrap(c).await,
+            Action::CompleteInitialize => self.complete_initialize(c).await,
+            Action::AcquireLease { expected_epoch } => {
+                let outcome = self
+                    .handle
+                    .acquire_lease(*expected_epoch, dynamic.ttl(), dynamic.retry_timeout(), pg.lsn())
+                    .await
+                    .map_err(err)?;
+                self.after_lease_outcome("acquire", &outcome).await
+            }
+            Action::RenewLease { epoch } => {
+                let outcome = self
+                    .handle
+                    .renew_lease(*epoch, dynamic.ttl(), dynamic.retry_timeout(), pg.lsn())
+                    .await
+                    .map_err(err)?;
+                self.after_lease_outcome("renewal", &outcome).await
+            }
+            Action::Promote => self.promote(c, pg).await,
+            Action::StartPrimary => {
+                self.local.start(c, None).await?;
+                // Started under a valid lease (decide): fence it from now on.
+                self.extend_fence().await;
+                Ok(())
+            }
+            Action::StartReplica { upstream } => {
+                self.disarm_fence();
+                self.local.start(c, Some(upstream)).await
+            }
+            Action::Follow { upstream } => self.local.follow(c, upstream).await,
+            Action::Clone { from } => self.clone_from(c, from).await,
+            Action::Rewind { from } => {
+                let source = self.local.source(from, RoleOf::Rewind, c)?;
+                let password = self.local.credentials(RoleOf::Rewind, Some(c)).password;
+                self.local
+                    .tools()
+                    .rewind(self.local.data(), &source, password.as_deref(), COPY_TIMEOUT)
+                    .await
+                    .map_err(err)
+            }
+            Action::CrashRecover => {
+                let data = self.local.data();
+                if data.is_standby() {
+                    return Err("not recovering a data directory with standby.signal".into());
+                }
+                self.local.tools().crash_recover(data.path(), COPY_TIMEOUT).await.map_err(err)
+            }
+            Action::Stop { mode } => {
+                let mode = match mode {
+                    StopMode::Fast => PgStopMode::Fast,
+                    StopMode::Immediate => PgStopMode::Immediate,
+                };
+                self.local.stop(mode, STOP_TIMEOUT).await.map_err(err)?;
+                // Confirmed gone: nothing left to fence.
+                self.disarm_fence();
+                Ok(())
+            }
+            Action::ReleaseLease { epoch, checkpoint } => {
+                if self.local.pid().is_some() {
+                    return Err("not releasing the lease while our postmaster runs".into());
+                }
+                let outcome = self
+                    .handle
+                    .release_lease(*epoch, *checkpoint, dynamic.retry_timeout())
+                    .await
+                    .map_err(err)?;
+                match outcome {
+                    Outcome::Rejected { reason } => Err(format!("release rejected: {reason}")),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    async fn propose(&self, command: Command) -> Result<Outcome, String> {
+        let timeout = self.handle.state().map_or(Duration::from_secs(3), |s| s.config.retry_timeout());
+        self.handle.propose_timeout(command, timeout).await.map_err(err)
+    }
+
+    /// After an acquire or renewal: an accepted one moves our deadline (the driver did), and
+    /// the fence follows it while our Postgres is (to be) primary.
+    async fn after_lease_outcome(&mut self, what: &str, outcome: &Outcome) -> Result<(), String> {
+        if let Outcome::Rejected { reason } = outcome {
+            return Err(format!("lease {what} rejected: {reason}"));
+        }
+        self.extend_fence().await;
+        Ok(())
+    }
+
+    /// Tells the fence our postmaster may live until the lease deadline, if it runs as a
+    /// primary and the deadline is valid.
+    pub(super) async fn extend_fence(&mut self) {
+        let (Some(pid), true) = (self.local.pid(), self.local.runs_as_primary()) else { return };
+        match self.handle.lease().await {
+            Ok(view) => {
+                if let Some(deadline) = view.deadline {
+                    self.fence.extend(pid as i32, deadline);
+                    self.fence_armed = true;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the lease deadline for the fence"),
+        }
+    }
+
+    /// Tells the fence there is no primary Postgres to fence any more.
+    pub(super) fn disarm_fence(&mut self) {
+        self.fence.disarm();
+        self.fence_armed = false;
+    }
+
+    async fn bootstrap(&mut self, c: &ClusterState) -> Result<(), String> {
+        // Generated only where the config file names no password; kept in memory until
+        // CompleteInitialize records them in the replicated state.
+        for role in [RoleOf::Superuser, RoleOf::Replication, RoleOf::Rewind] {
+            let key = role.secret_key().to_owned();
+            if self.local.has_configured_password(role) {
+                self.local.pending_secrets.remove(&key);
+            } else {
+                self.local.pending_secrets.entry(key).or_insert_with(generate_password);
+            }
+        }
+        let su = self.local.credentials(RoleOf::Superuser, Some(c));
+        self.local.clear_partial().map_err(err)?;
+        let password = su.password.unwrap_or_default();
+        self.local
+            .tools()
+            .initdb(self.local.data(), &su.username, &password, INITDB_TIMEOUT)
+            .await
+            .map_err(err)
+    }
+
+    async fn complete_initialize(&mut self, c: &ClusterState) -> Result<(), String> {
+        let session = self.local.session(Some(c)).await.map_err(err)?;
+        for (role, kind) in [(RoleOf::Replication, RoleKind::Replication), (RoleOf::Rewind, RoleKind::Rewind)]
+        {
+            let creds = self.local.credentials(role, Some(c));
+            session.create_role(&creds.username, creds.password.as_deref(), kind).await.map_err(err)?;
+        }
+        let probe = session.probe().await.map_err(err)?;
+        drop(session);
+        if let Some(script) = &self.post_bootstrap {
+            self.run_post_bootstrap(script, c).await?;
+        }
+        let outcome = self
+            .propose(Command::CompleteInitialize {
+                member: self.me.clone(),
+                system_identifier: probe.system_identifier.to_string(),
+                secrets: self.local.pending_secrets.clone(),
+            })
+            .await?;
+        if let Outcome::Rejected { reason } = outcome {
+            return Err(format!("completing the initialization was rejected: {reason}"));
+        }
+        self.local.pending_secrets.clear();
+        Ok(())
+    }
+
+    /// Runs `bootstrap.post_bootstrap` with a connection string to the new primary as its
+    /// argument (the password in `PGPASSWORD`, never on the command line).
+    async fn run_post_bootstrap(&self, script: &std::path::Path, c: &ClusterState) -> Result<(), String> {
+        let su = self.local.credentials(RoleOf::Superuser, Some(c));
+        let conninfo = crate::pg::conninfo::Conninfo::new()
+            .set("host", self.local.socket_dir().to_string_lossy())
+            .set("port", self.local.port().to_string())
+            .set("user", su.username.clone())
+            .set("dbname", "postgres")
+            .render();
+        let mut cmd = tokio::process::Command::new(script);
+        cmd.arg(conninfo).stdin(std::process::Stdio::null()).kill_on_drop(true);
+        if let Some(pw) = &su.password {
+            cmd.env("PGPASSWORD", pw);
+        }
+        let run = async { cmd.output().await };
+        let out = tokio::time::timeout(POST_BOOTSTRAP_TIMEOUT, run)
+            .await
+            .map_err(|_| format!("{} did not finish within {POST_BOOTSTRAP_TIMEOUT:?}", script.display()))?
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed ({}): {}",
+                script.display(),
+                out.status,
+                crate::pg::error::tail(&String::from_utf8_lossy(&out.stderr), 10)
+            ));
+        }
+        Ok(())
+    }
+
+    async fn promote(&mut self, c: &ClusterState, pg: &LocalPg) -> Result<(), String> {
+        let Some(lease) = c.lease.as_ref().filter(|l| l.holder == self.me) else {
+            return Err("not promoting: the lease is not mine".into());
+        };
+        let (Some(timeline), Some(switch_lsn)) = (pg.timeline(), pg.lsn()) else {
+            return Err("not promoting: Postgres is not running".into());
+        };
+        let session = self.local.session(Some(c)).await.map_err(err)?;
+        session.promote(PROMOTE_TIMEOUT).await.map_err(err)?;
+        self.local.promoted();
+        self.extend_fence().await;
+        let reason = if c.switchover.is_some() { "switchover" } else { "failover" };
+        let entry = HistoryEntry {
+            timeline,
+            switch_lsn,
+            reason: reason.into(),
+            at_ms: clock::wall_now_ms(),
+            new_primary: self.me.clone(),
+        };
+        let outcome = self
+            .propose(Command::RecordPromotion { member: self.me.clone(), epoch: lease.epoch, entry })
+            .await?;
+        if let Outcome::Rejected { reason } = outcome {
+            tracing::warn!(%reason, "the promotion was not recorded in the history");
+        }
+        Ok(())
+    }
+
+    async fn clone_from(&mut self, c: &ClusterState, from: &MemberName) -> Result<(), String> {
+        let source = self.local.source(from, RoleOf::Replication, c)?;
+        let password = self.local.credentials(RoleOf::Replication, Some(c)).password;
+        self.local.clear_partial().map_err(err)?;
+        self.local
+            .tools()
+            .clone_from(self.local.data(), &source, password.as_deref(), COPY_TIMEOUT)
+            .await
+            .map_err(err)
+    }
+}

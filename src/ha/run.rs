@@ -1,0 +1,275 @@
+//! The HA loop (STYLE.md principle 2): each iteration gathers one [`Observation`] (the applied
+//! cluster state, the lease as this node sees it, the local Postgres), calls [`decide`] once,
+//! carries out the one action (`act`), reports the member's status, and waits `loop_wait` or
+//! until the applied state changes in a way that matters (not merely another renewal or status
+//! report, which would make every renewal trigger the next one). Input: a [`Handle`], the
+//! local Postgres, a [`Fence`], a shutdown signal; output: Raft proposals, Postgres actions, and
+//! a `watch` of the last decision for the API. Trouble with Postgres or Raft is logged and seen
+//! by the next observation; the loop only ends on shutdown, when it stops Postgres (a primary
+//! fast, then releasing its lease with the shutdown checkpoint).
+
+use super::decide::{decide, Action, Decision};
+use super::local::LocalPostgres;
+use super::observe::{LocalPg, Observation, PgRole};
+use crate::clock;
+use crate::dcs::handle::Handle;
+use crate::dcs::state::{ClusterState, Command, MemberStatus, Tags};
+use crate::fence::Fence;
+use crate::pg::probe::PgProbe;
+use crate::pg::process::StopMode;
+use crate::types::{LeaseEpoch, MemberName};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A status report is repeated at least this often even when nothing changed, so that
+/// eligibility (which ignores reports older than `STATUS_FRESH_MS`) keeps seeing it.
+const REPORT_EVERY: Duration = Duration::from_secs(3);
+/// Bound of a status report's proposal.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The shortest pause between iterations woken by state changes (bounds a busy loop).
+const MIN_PAUSE: Duration = Duration::from_millis(50);
+/// Bound of the clean stop at shutdown.
+const SHUTDOWN_STOP: Duration = Duration::from_secs(60);
+
+/// The status a member reports for its Postgres, from this iteration's observation.
+pub fn status_of(pg: &LocalPg, probe: Option<&PgProbe>, now_ms: u64) -> MemberStatus {
+    let (state, role) = match pg {
+        LocalPg::Absent | LocalPg::Stopped { .. } => ("stopped", "replica"),
+        LocalPg::Starting => ("starting", "replica"),
+        LocalPg::Running { role: PgRole::Primary, .. } => ("running", "primary"),
+        LocalPg::Running { role: PgRole::Replica, streaming: true, .. } => ("streaming", "replica"),
+        LocalPg::Running { role: PgRole::Replica, .. } => ("running", "replica"),
+    };
+    MemberStatus {
+        state: state.into(),
+        role: role.into(),
+        timeline: pg.timeline(),
+        receive_lsn: probe.and_then(|p| p.receive_lsn),
+        replay_lsn: probe.and_then(|p| p.replay_lsn),
+        wal_lsn: probe.and_then(|p| p.wal_lsn),
+        pending_restart: probe.is_some_and(PgProbe::needs_restart),
+        updated_at_ms: now_ms,
+    }
+}
+
+/// The parts of the state whose change should wake the loop at once. Renewals, expiry timers'
+/// renewal ids and status reports are left out: the loop sees them at its next `loop_wait`.
+#[derive(PartialEq)]
+struct WakeKey {
+    initialized: Option<(MemberName, Option<String>)>,
+    lease: Option<(MemberName, LeaseEpoch)>,
+    last_epoch: LeaseEpoch,
+    members: BTreeMap<MemberName, (Option<String>, Tags, bool)>,
+    config_version: u64,
+    switchover: bool,
+    history: usize,
+}
+
+impl WakeKey {
+    fn of(s: Option<&ClusterState>) -> Option<WakeKey> {
+        let s = s?;
+        Some(WakeKey {
+            initialized: s.initialize.as_ref().map(|i| (i.bootstrapper.clone(), i.system_identifier.clone())),
+            lease: s.lease.as_ref().map(|l| (l.holder.clone(), l.epoch)),
+            last_epoch: s.last_epoch,
+            members: s
+                .members
+                .values()
+                .map(|m| (m.name.clone(), (m.pg_address.clone(), m.tags.clone(), m.witness)))
+                .collect(),
+            config_version: s.config_version,
+            switchover: s.switchover.is_some(),
+            history: s.history.len(),
+        })
+    }
+}
+
+/// The HA loop of one data member. Build with [`HaLoop::new`], run with [`HaLoop::run`].
+pub struct HaLoop {
+    pub(super) me: MemberName,
+    pub(super) handle: Handle,
+    pub(super) local: LocalPostgres,
+    pub(super) fence: Arc<dyn Fence>,
+    /// Whether the fence was told a pid to kill (and not disarmed since).
+    pub(super) fence_armed: bool,
+    pub(super) post_bootstrap: Option<PathBuf>,
+    decision_tx: watch::Sender<Option<Decision>>,
+    last_report: Option<(MemberStatus, clock::BootInstant)>,
+    /// The slot names last ensured on our primary (re-done when the wanted set changes).
+    slots: Option<Vec<String>>,
+}
+
+impl HaLoop {
+    /// Returns the loop and a receiver of its last decision (for the API).
+    pub fn new(
+        me: MemberName,
+        handle: Handle,
+        local: LocalPostgres,
+        fence: Arc<dyn Fence>,
+        post_bootstrap: Option<PathBuf>,
+    ) -> (HaLoop, watch::Receiver<Option<Decision>>) {
+        let (decision_tx, decision_rx) = watch::channel(None);
+        let ha = HaLoop {
+            me,
+            handle,
+            local,
+            fence,
+            fence_armed: false,
+            post_bootstrap,
+            decision_tx,
+            last_report: None,
+            slots: None,
+        };
+        (ha, decision_rx)
+    }
+
+    /// Runs until `shutdown` turns true (or its sender is dropped), then stops Postgres.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut states = self.handle.watch_state();
+        let mut last_decision: Option<Decision> = None;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            // Gather.
+            let Some(cluster) = self.handle.state() else {
+                tokio::select! {
+                    _ = states.changed() => {}
+                    _ = shutdown.changed() => {}
+                    _ = clock::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            };
+            let lease = match self.handle.lease().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the lease; the consensus store stopped?");
+                    break;
+                }
+            };
+            let (pg, probe) = self.local.observe(&cluster).await;
+            if self.fence_armed && self.local.pid().is_none() {
+                // Our postmaster exited by itself (and was reaped): its pid may be reused, so
+                // the fence must forget it at once.
+                self.disarm_fence();
+            }
+            let now_ms = clock::wall_now_ms();
+            let obs =
+                Observation { me: &self.me, cluster: &cluster, lease: &lease, pg: &pg, wall_now_ms: now_ms };
+            // Decide.
+            let decision = decide(&obs);
+            if last_decision.as_ref() != Some(&decision) {
+                tracing::info!(member = %self.me, "{decision}");
+            } else if decision.action != Action::None {
+                tracing::debug!(member = %self.me, "{decision}");
+            }
+            self.decision_tx.send_replace(Some(decision.clone()));
+            // Act.
+            if let Err(e) = self.act(&decision.action, &cluster, &pg).await {
+                tracing::warn!(member = %self.me, action = ?decision.action, "failed: {e}");
+            }
+            last_decision = Some(decision);
+            self.report(&cluster, &pg, probe.as_ref(), now_ms).await;
+            self.keep_slots(&cluster, &pg).await;
+
+            // Wait.
+            let key = WakeKey::of(Some(&cluster));
+            let wait = cluster.config.loop_wait();
+            let deadline = clock::boot_now() + wait;
+            clock::sleep(MIN_PAUSE).await;
+            loop {
+                let left = deadline.saturating_since(clock::boot_now());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::select! {
+                    changed = states.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        if WakeKey::of(states.borrow_and_update().as_deref()) != key {
+                            break;
+                        }
+                    }
+                    _ = shutdown.changed() => break,
+                    _ = clock::sleep(left) => break,
+                }
+            }
+        }
+        self.shut_down().await;
+    }
+
+    /// Proposes `ReportStatus` when the status changed, or when the last report gets old.
+    async fn report(&mut self, cluster: &ClusterState, pg: &LocalPg, probe: Option<&PgProbe>, now_ms: u64) {
+        let status = status_of(pg, probe, now_ms);
+        let now = clock::boot_now();
+        let same = self.last_report.as_ref().is_some_and(|(last, at)| {
+            MemberStatus { updated_at_ms: now_ms, ..last.clone() } == status
+                && now.saturating_since(*at) < REPORT_EVERY
+        });
+        if same {
+            return;
+        }
+        let command = Command::ReportStatus { member: self.me.clone(), status: status.clone() };
+        // Best effort and short: a member without quorum must not spend its iteration here.
+        let timeout = cluster.config.retry_timeout().min(REPORT_TIMEOUT);
+        match self.handle.propose_timeout(command, timeout).await {
+            Ok(_) => self.last_report = Some((status, now)),
+            Err(e) => tracing::debug!(error = %e, "cannot report the member status"),
+        }
+    }
+
+    /// On our primary with `use_slots`: one physical slot per other data member, and no
+    /// other pgha slot (a removed member's slot would keep WAL forever).
+    async fn keep_slots(&mut self, cluster: &ClusterState, pg: &LocalPg) {
+        if !pg.is_running_primary() || !cluster.config.postgresql.use_slots {
+            self.slots = None;
+            return;
+        }
+        let wanted: Vec<String> = cluster
+            .members
+            .values()
+            .filter(|m| m.name != self.me && !m.witness)
+            .map(|m| crate::pg::slots::slot_name(&m.name))
+            .collect();
+        if self.slots.as_ref() == Some(&wanted) {
+            return;
+        }
+        // Credentials from the newest state: this iteration's may predate the secrets that
+        // CompleteInitialize just recorded.
+        let latest = self.handle.state();
+        let result = async {
+            let session = self.local.session(Some(latest.as_deref().unwrap_or(cluster))).await?;
+            session.ensure_physical_slots(&wanted).await?;
+            session.drop_slots_except(&wanted).await
+        }
+        .await;
+        match result {
+            Ok(_) => self.slots = Some(wanted),
+            Err(e) => tracing::warn!(error = %e, "cannot maintain the replication slots"),
+        }
+    }
+
+    /// Shutdown: a primary stops fast and releases its lease with the shutdown checkpoint, so
+    /// a replica takes over at once; a replica just stops fast.
+    async fn shut_down(&mut self) {
+        let was_primary = self.local.runs_as_primary();
+        match self.local.stop(StopMode::Fast, SHUTDOWN_STOP).await {
+            Ok(_) => self.disarm_fence(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot stop Postgres at shutdown");
+                return;
+            }
+        }
+        let Some(cluster) = self.handle.state() else { return };
+        let Some(lease) = cluster.lease.as_ref().filter(|l| l.holder == self.me) else { return };
+        let checkpoint = if was_primary { self.local.checkpoint().await } else { None };
+        match self.handle.release_lease(lease.epoch, checkpoint, cluster.config.retry_timeout()).await {
+            Ok(outcome) => tracing::info!(?outcome, epoch = %lease.epoch, "released the lease at shutdown"),
+            Err(e) => tracing::warn!(error = %e, "cannot release the lease at shutdown"),
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Postgres under pgha, as an operator sees it through `psql`: a new cluster bootstraps one
+//! primary and clones two streaming replicas that receive what is written on the primary; when
+//! the primary's machine dies (pgha and its postmaster killed with SIGKILL), a replica is
+//! promoted and the other follows it, and the old primary returns as a replica; when the
+//! primary's pgha is stopped, it releases its lease and a replica takes over. Every check is a query against a node's Postgres port.
+
+use crate::harness::{wait_until, Cluster, SUPERUSER_PASSWORD};
+use std::process::Command;
+use std::time::Duration;
+
+/// Bootstrap (initdb), start, two clones and their streaming start: generous on a loaded CI host.
+const FORM: Duration = Duration::from_secs(120);
+/// A failover: the lease ttl (10 s by default) plus a promotion.
+const FAILOVER: Duration = Duration::from_secs(60);
+const PSQL: &str = "/usr/bin/psql";
+
+/// `psql -Atc sql` against node `i`'s Postgres over TCP as the superuser; the trimmed output.
+fn psql(c: &Cluster, i: usize, sql: &str) -> Result<String, String> {
+    let conninfo =
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=3", c.nodes[i].pg_port);
+    let out = Command::new(PSQL)
+        .args([conninfo.as_str(), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", SUPERUSER_PASSWORD)
+        .env_remove("PGSERVICE")
+        .output()
+        .map_err(|e| format!("cannot run {PSQL}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!("{}: {}", c.nodes[i].name, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// What each node's Postgres says it is: "primary", "replica", or the error.
+fn roles(c: &Cluster, nodes: &[usize]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|&i| match psql(c, i, "SELECT pg_is_in_recovery()").as_deref() {
+            Ok("f") => "primary".to_string(),
+            Ok("t") => "replica".to_string(),
+            Ok(other) => format!("? {other}"),
+            Err(e) => format!("down ({e})"),
+        })
+        .collect()
+}
+
+/// Waits until exactly one of `nodes` is a primary with every other one streaming from it;
+/// returns the primary's index.
+fn wait_primary_with_streaming_replicas(c: &Cluster, nodes: &[usize], deadline: Duration) -> usize {
+    wait_until(deadline, "one primary with every other node streaming from it", || {
+        let r = roles(c, nodes);
+        let primaries: Vec<usize> =
+            nodes.iter().zip(&r).filter(|(_, r)| *r == "primary").map(|(&i, _)| i).collect();
+        let replicas = r.iter().filter(|r| *r == "replica").count();
+        let [p] = primaries.as_slice() else { return Err(format!("roles {r:?}")) };
+        // pg_basebackup's WAL stream also shows as `streaming` under the member's name.
+        if replicas + 1 != nodes.len() {
+            return Err(format!("roles {r:?}"));
+        }
+        let streaming = psql(c, *p, "SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication WHERE state = 'streaming'")?;
+        let want: Vec<&str> = nodes.iter().filter(|&&i| i != *p).map(|&i| c.nodes[i].name.as_str()).collect();
+        if streaming == want.join(",") {
+            Ok(*p)
+        } else {
+            Err(format!(
+                "roles {r:?}; {} has streaming replicas [{streaming}], want {want:?}",
+                c.nodes[*p].name
+            ))
+        }
+    })
+}
+
+fn wait_row(c: &Cluster, i: usize, sql: &str, want: &str) {
+    wait_until(FORM, &format!("{} returns {want} for {sql}", c.nodes[i].name), || {
+        let got = psql(c, i, sql)?;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("got {got:?}"))
+        }
+    });
+}
+
+#[test]
+fn three_nodes_bootstrap_one_primary_and_two_streaming_replicas_that_receive_a_new_table() {
+    let c = Cluster::new(3);
+    let p = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    psql(&c, p, "CREATE TABLE it_t (x int); INSERT INTO it_t VALUES (42)").expect("write on the primary");
+    for i in (0..3).filter(|&i| i != p) {
+        wait_row(&c, i, "SELECT x FROM it_t", "42");
+        assert!(psql(&c, i, "INSERT INTO it_t VALUES (1)").is_err(), "{} is read-only", c.nodes[i].name);
+    }
+}
+
+#[test]
+fn killing_the_primary_node_promotes_a_replica_the_other_follows_it_and_the_old_one_returns_as_a_replica() {
+    let mut c = Cluster::new(3);
+    let old = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    psql(&c, old, "CREATE TABLE it_t (x int); INSERT INTO it_t VALUES (7)").expect("write on the primary");
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    for &i in &survivors {
+        wait_row(&c, i, "SELECT x FROM it_t", "7");
+    }
+    // The machine dies: pgha with SIGKILL; its postmaster dies with it (parent-death signal).
+    c.kill9(old);
+    wait_until(Duration::from_secs(10), "the old primary's Postgres is gone", || {
+        match psql(&c, old, "SELECT 1") {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still answering".into()),
+        }
+    });
+    let new = wait_primary_with_streaming_replicas(&c, &survivors, FAILOVER);
+    assert_ne!(new, old);
+    assert_eq!(psql(&c, new, "SELECT x FROM it_t").unwrap(), "7", "nothing acknowledged was lost");
+    psql(&c, new, "INSERT INTO it_t VALUES (8)").expect("the new primary takes writes");
+    let other = survivors.iter().copied().find(|&i| i != new).unwrap();
+    wait_row(&c, other, "SELECT count(*) FROM it_t", "2");
+
+    // The machine comes back: its Postgres rejoins as a replica of the new primary.
+    c.start(old);
+    let primary = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    assert_eq!(primary, new, "the returning node does not take the primary role back");
+    wait_row(&c, old, "SELECT count(*) FROM it_t", "2");
+}
+
+#[test]
+fn stopping_the_primary_node_releases_its_lease_and_a_replica_takes_over() {
+    let mut c = Cluster::new(3);
+    let old = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    psql(&c, old, "CREATE TABLE it_t (x int); INSERT INTO it_t VALUES (1)").expect("write on the primary");
+    let status = c.stop(old);
+    assert!(status.success(), "{} stops cleanly on SIGTERM: {status}", c.nodes[old].name);
+    let log = c.log_text(old);
+    assert!(
+        log.lines().any(|l| l.contains("released the lease at shutdown") && l.contains("Accepted")),
+        "{} released its lease with its shutdown checkpoint",
+        c.nodes[old].name
+    );
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let new = wait_primary_with_streaming_replicas(&c, &survivors, FAILOVER);
+    assert_eq!(psql(&c, new, "SELECT x FROM it_t").unwrap(), "1", "the switchover lost nothing");
+}
