@@ -13,7 +13,7 @@ use crate::dcs::meta::MemberMeta;
 use crate::dcs::node::{CoreConfig, RaftCore};
 use crate::dcs::transport::{self, LocalIdentity, Outbox, RaftAcceptor, Reachability};
 use crate::dcs::{bootstrap, driver, raft_log};
-use crate::fence::{Fence, NoFence};
+use crate::fence::{Fence, FencerHandle};
 use crate::ha::local::LocalPostgres;
 use crate::ha::run::HaLoop;
 use crate::pg::bin::BinDir;
@@ -56,6 +56,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     become_service_user(&cfg, &path)?;
     // After the privilege drop, before the runtime: the long-lived thread every Postgres
     // child is forked from (its exit is what delivers their parent-death signal).
+    // The fencer is forked first, while this process still has a single thread (DESIGN.md
+    // lease rule 4): it SIGKILLs the postmaster's group when the lease deadline passes or
+    // pgha dies, whatever state pgha is in.
+    let fencer = if cfg.witness {
+        None
+    } else {
+        Some(Arc::new(FencerHandle::spawn().context("cannot start the fencer")?))
+    };
     let spawner = if cfg.witness {
         None
     } else {
@@ -66,7 +74,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(cfg, forced, spawner))
+    rt.block_on(serve(cfg, forced, spawner.zip(fencer)))
 }
 
 /// As root: hand our directories to the service user and drop to it (no threads exist yet,
@@ -143,7 +151,12 @@ async fn start_ha(
 
 /// `forced`: the member identity after `--force-new-cluster` (this member is the only voter
 /// and campaigns at once).
-async fn serve(cfg: LocalConfig, forced: Option<MemberMeta>, spawner: Option<Spawner>) -> Result<()> {
+/// `postgres`: a data member's spawner and fencer (witnesses run no Postgres).
+async fn serve(
+    cfg: LocalConfig,
+    forced: Option<MemberMeta>,
+    postgres: Option<(Spawner, Arc<FencerHandle>)>,
+) -> Result<()> {
     let node_tls = NodeTls::load(&cfg.tls.cafile, &cfg.tls.certfile, &cfg.tls.keyfile)?;
     if node_tls.scope() != cfg.scope {
         bail!(
@@ -216,9 +229,9 @@ async fn serve(cfg: LocalConfig, forced: Option<MemberMeta>, spawner: Option<Spa
     ));
     let mut driver = tokio::spawn(driver::run(core, io, outbox, shutdown_rx, meta.seed_peers.clone()));
     let (ha_stop_tx, ha_stop_rx) = watch::channel(false);
-    let mut ha = match spawner {
-        // The fence is a parameter: `NoFence` until the fencer process exists.
-        Some(spawner) => Some(start_ha(&cfg, spawner, handle.clone(), Arc::new(NoFence), ha_stop_rx).await?),
+    let fencer = postgres.as_ref().map(|(_, f)| f.clone());
+    let mut ha = match postgres {
+        Some((spawner, fence)) => Some(start_ha(&cfg, spawner, handle.clone(), fence, ha_stop_rx).await?),
         None => None,
     };
     tracing::info!(
@@ -232,8 +245,17 @@ async fn serve(cfg: LocalConfig, forced: Option<MemberMeta>, spawner: Option<Spa
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let fencer_died = async {
+        match &fencer {
+            Some(f) => f.wait_death().await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         r = &mut driver => r,
+        // Postgres would no longer be fenced: stop at once, and with us the postmaster (its
+        // parent-death signal) — never run a primary unfenced.
+        why = fencer_died => bail!("the fencer process died ({why}); stopping so Postgres is never left unfenced"),
         _ = term.recv() => { stop_ha(&ha_stop_tx, ha.take()).await; let _ = shutdown_tx.send(true); driver.await }
         _ = int.recv() => { stop_ha(&ha_stop_tx, ha.take()).await; let _ = shutdown_tx.send(true); driver.await }
     };

@@ -425,6 +425,14 @@ watchdog:\n  mode: off\n{extra}",
         nix::sys::signal::kill(pid, sig).unwrap_or_else(|e| panic!("kill {sig} {pid}: {e}"));
     }
 
+    /// SIGSTOP node `i`'s pgha (a hung process); SIGCONT resumes it.
+    pub fn sigstop(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
+    }
+    pub fn sigcont(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT);
+    }
+
     /// `kill -9` node `i` and reap it.
     pub fn kill9(&mut self, i: usize) {
         self.signal(i, nix::sys::signal::Signal::SIGKILL);

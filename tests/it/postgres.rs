@@ -140,3 +140,40 @@ fn stopping_the_primary_node_releases_its_lease_and_a_replica_takes_over() {
     let new = wait_primary_with_streaming_replicas(&c, &survivors, FAILOVER);
     assert_eq!(psql(&c, new, "SELECT x FROM it_t").unwrap(), "1", "the switchover lost nothing");
 }
+
+/// A primary whose pgha hangs (SIGSTOP) can no longer renew its lease. Its fencer process
+/// SIGKILLs its Postgres when the lease deadline passes, and only after that may a replica be
+/// promoted: at no moment are two nodes writable. When pgha resumes, its node rejoins as a
+/// replica.
+#[test]
+fn a_hung_primary_is_fenced_before_a_replica_is_promoted() {
+    let c = Cluster::new(3);
+    let old = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    psql(&c, old, "CREATE TABLE it_t (x int); INSERT INTO it_t VALUES (1)").expect("write on the primary");
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    for &i in &survivors {
+        wait_row(&c, i, "SELECT x FROM it_t", "1");
+    }
+    c.sigstop(old);
+    let writable = |i: usize| psql(&c, i, "SELECT pg_is_in_recovery()").as_deref() == Ok("f");
+    let mut fenced = false;
+    let new = wait_until(FAILOVER, "the hung primary fenced, then a replica promoted", || {
+        let old_writable = writable(old);
+        let promoted: Vec<usize> = survivors.iter().copied().filter(|&i| writable(i)).collect();
+        assert!(
+            !old_writable || promoted.is_empty(),
+            "two writable primaries: {} (hung) and {:?}",
+            c.nodes[old].name,
+            promoted
+        );
+        fenced |= !old_writable;
+        match (fenced, promoted.as_slice()) {
+            (true, [p]) => Ok(*p),
+            _ => Err(format!("old writable: {old_writable}, promoted: {promoted:?}")),
+        }
+    });
+    assert_eq!(psql(&c, new, "SELECT x FROM it_t").unwrap(), "1", "nothing acknowledged was lost");
+    c.sigcont(old);
+    let primary = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    assert_eq!(primary, new, "the resumed node rejoins as a replica");
+}
