@@ -34,6 +34,8 @@ struct Node {
     config: PathBuf,
     api: String,
     raft: String,
+    /// Postgres `host:port`.
+    pg: String,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -62,14 +64,14 @@ fn current_user_name() -> Result<String> {
         .with_context(|| format!("uid {uid} has no entry in /etc/passwd"))
 }
 
-fn node_config(root: &Path, name: &str, user: &str, p: &[u16]) -> String {
+fn node_config(root: &Path, name: &str, user: &str, p: &[u16], password: &str) -> String {
     let d = root.join(name);
     let d = d.display();
     format!(
         "scope: demo\nname: {name}\nuser: {user}\n\
 restapi:\n  listen: 127.0.0.1:{api}\n  connect_address: 127.0.0.1:{api}\n\
 raft:\n  listen: 127.0.0.1:{raft}\n  connect_address: 127.0.0.1:{raft}\n  data_dir: {d}/raft\n\
-postgresql:\n  listen: 127.0.0.1:{pg}\n  connect_address: 127.0.0.1:{pg}\n  data_dir: {d}/pg/data\n\
+postgresql:\n  listen: 127.0.0.1:{pg}\n  connect_address: 127.0.0.1:{pg}\n  data_dir: {d}/pg/data\n  authentication:\n    superuser:\n      username: postgres\n      password: {password}\n\
 proxy:\n  listen: 127.0.0.1:{w}\n  replicas_listen: 127.0.0.1:{r}\n\
 tls:\n  cafile: {d}/tls/ca.crt\n  certfile: {d}/tls/node.crt\n  keyfile: {d}/tls/node.key\n\
 ctl:\n  certfile: {d}/tls/ctl.crt\n  keyfile: {d}/tls/ctl.key\n  cacert: {d}/tls/ca.crt\n\
@@ -162,6 +164,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
 async fn demo(args: &DemoArgs, root: &Path, nodes: &mut Vec<Node>) -> Result<()> {
     let user = current_user_name()?;
+    // One superuser password for the whole demo, so the printed DSNs connect as they are.
+    let password = crate::api::token::new_secret();
     use std::os::unix::fs::PermissionsExt;
     // The service user must be able to reach its directories below the root.
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
@@ -171,12 +175,13 @@ async fn demo(args: &DemoArgs, root: &Path, nodes: &mut Vec<Node>) -> Result<()>
         let dir = root.join(&name);
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("pgha.yml");
-        std::fs::write(&config, node_config(root, &name, &user, &ports))?;
+        std::fs::write(&config, node_config(root, &name, &user, &ports, &password))?;
         nodes.push(Node {
             name,
             config,
             api: format!("127.0.0.1:{}", ports[0]),
             raft: format!("127.0.0.1:{}", ports[1]),
+            pg: format!("127.0.0.1:{}", ports[2]),
             log: dir.join("pgha.log"),
             child: None,
         });
@@ -218,6 +223,37 @@ async fn demo(args: &DemoArgs, root: &Path, nodes: &mut Vec<Node>) -> Result<()>
     })
     .await?;
     println!("{}", members_output(Format::Table, &rows));
+    // Then Postgres: one primary and every other member streaming from it.
+    let cluster =
+        wait_for("one Postgres primary with streaming replicas", Duration::from_secs(180), async || {
+            let (_, c): (_, serde_json::Value) = first.get("/cluster").await?;
+            let members = c["members"].as_array().cloned().unwrap_or_default();
+            let leaders = members.iter().filter(|m| m["role"] == "leader" && m["state"] == "running").count();
+            let streaming =
+                members.iter().filter(|m| m["role"] == "replica" && m["state"] == "streaming").count();
+            Ok((members.len() == n && leaders == 1 && streaming + 1 == n).then_some(members))
+        })
+        .await?;
+    let dsn = |hostport: &str| format!("postgres://postgres:{password}@{hostport}/postgres");
+    let rows: Vec<Vec<String>> = cluster
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().unwrap_or_default().to_string();
+            let pg = nodes.iter().find(|n| n.name == name).map(|n| n.pg.clone()).unwrap_or_default();
+            vec![
+                name,
+                m["role"].as_str().unwrap_or_default().into(),
+                m["state"].as_str().unwrap_or_default().into(),
+                dsn(&pg),
+            ]
+        })
+        .collect();
+    println!("{}", crate::ctl::output::table(&["Member", "Role", "State", "DSN"], &rows));
+    let all: Vec<&str> = nodes.iter().map(|n| n.pg.as_str()).collect();
+    println!(
+        "Writes, whoever is primary (libpq multi-host):\n  postgres://postgres:{password}@{}/postgres?target_session_attrs=read-write\n",
+        all.join(",")
+    );
     for node in nodes.iter() {
         let pid = node.child.as_ref().and_then(|c| c.id()).unwrap_or(0);
         println!(
