@@ -177,3 +177,30 @@ fn a_hung_primary_is_fenced_before_a_replica_is_promoted() {
     let primary = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
     assert_eq!(primary, new, "the resumed node rejoins as a replica");
 }
+
+/// `pgha ctl switchover --candidate` moves the primary role to the named replica: the old
+/// primary stops cleanly, the candidate promotes after replaying its shutdown checkpoint, no
+/// committed row is lost, and the old primary follows the new one.
+#[test]
+fn a_switchover_to_a_named_replica_loses_nothing() {
+    let c = Cluster::new(3);
+    let old = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    psql(&c, old, "CREATE TABLE it_t (x int); INSERT INTO it_t SELECT generate_series(1, 1000)")
+        .expect("writes");
+    let candidate = (0..3).find(|&i| i != old).unwrap();
+    let name = c.nodes[candidate].name.clone();
+    // The candidate must be streaming and reporting before the request is accepted.
+    wait_until(FORM, "the candidate reports streaming", || {
+        let out = c.ctl(old, &["switchover", "--candidate", &name, "--force"]);
+        if out.status.success() {
+            Ok(crate::harness::stdout(&out))
+        } else {
+            Err(crate::harness::show(&out))
+        }
+    });
+    let new = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FAILOVER);
+    assert_eq!(new, candidate, "the named replica is the primary");
+    assert_eq!(psql(&c, new, "SELECT count(*) FROM it_t").unwrap(), "1000", "no committed row lost");
+    let history = crate::harness::stdout(&c.ctl(new, &["history", "--format", "json"]));
+    assert!(history.contains(&name), "the history records the promotion: {history}");
+}
