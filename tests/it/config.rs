@@ -8,7 +8,7 @@ use pgha::config::dynamic::DynamicConfig;
 use pgha::tls;
 use std::time::Duration;
 
-fn client(c: &Cluster, i: usize, with_cert: bool) -> ApiClient {
+pub fn client(c: &Cluster, i: usize, with_cert: bool) -> ApiClient {
     let dir = c.nodes[i].tls_dir();
     let ca = tls::load_ca(&dir.join("ca.crt")).expect("CA");
     let auth = with_cert

@@ -189,15 +189,21 @@ fn a_switchover_to_a_named_replica_loses_nothing() {
         .expect("writes");
     let candidate = (0..3).find(|&i| i != old).unwrap();
     let name = c.nodes[candidate].name.clone();
-    // The candidate must be streaming and reporting before the request is accepted.
+    // The candidate must be streaming and reporting before a switchover to it is accepted.
     wait_until(FORM, "the candidate reports streaming", || {
-        let out = c.ctl(old, &["switchover", "--candidate", &name, "--force"]);
-        if out.status.success() {
-            Ok(crate::harness::stdout(&out))
-        } else {
-            Err(crate::harness::show(&out))
-        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = crate::config::client(&c, old, false);
+        let (_, v) = rt.block_on(client.get::<serde_json::Value>("/cluster")).map_err(|e| e.to_string())?;
+        let state = v["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == name.as_str()))
+            .map(|m| m["state"].clone());
+        (state == Some(serde_json::json!("streaming"))).then_some(()).ok_or(format!("{v}"))
     });
+    // One request; it answers when the candidate holds the lease (a slow host may make it
+    // answer 503 "status unknown" first, so the outcome is judged from the cluster).
+    let out = c.ctl(old, &["switchover", "--candidate", &name, "--force"]);
+    eprintln!("switchover: {}", crate::harness::show(&out));
     let new = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FAILOVER);
     assert_eq!(new, candidate, "the named replica is the primary");
     assert_eq!(psql(&c, new, "SELECT count(*) FROM it_t").unwrap(), "1000", "no committed row lost");

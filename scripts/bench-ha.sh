@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# HA figures of a local 3-node pgha cluster with Postgres 15 (a benchmark: prints, never asserts).
+# A writer inserts a numbered row every ~20 ms through the libpq multi-host DSN
+# (target_session_attrs=read-write, a new connection each time, as a reconnecting application
+# does); the write gap of a round is the time between the last acknowledged insert before the
+# fault and the first one after it. Scenarios, ROUNDS each (median and worst):
+#   switchover          pgha ctl switchover (to the best replica)
+#   kill_primary_node   kill -9 of the primary's pgha (its postmaster dies with it)
+#   kill_postmaster     kill -9 of the primary's postmaster alone (pgha restarts it in place)
+# Also: time from empty directories to 3 streaming nodes, RSS of pgha next to its Postgres, and
+# whether every acknowledged row survived.
+# Usage: scripts/bench-ha.sh   (ROUNDS=10; PGHA=<binary> to skip the build). Needs psql, jq.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-10}
+if [ -z "${PGHA:-}" ]; then
+  cargo build --release --quiet
+  PGHA="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release/pgha"
+fi
+work=$(mktemp -d /tmp/pgha-bench-ha.XXXXXX)
+chmod 755 "$work"
+demo_pid= writer_pid=
+declare -a STARTED=()
+cleanup() {
+  [ -n "$writer_pid" ] && kill "$writer_pid" 2>/dev/null || true
+  for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  [ -n "$demo_pid" ] && kill -INT "$demo_pid" 2>/dev/null || true
+  for p in "${STARTED[@]}" $demo_pid; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+now_ms() { date +%s%3N; }
+
+t0=$(now_ms)
+"$PGHA" demo --dir "$work/c" > "$work/demo.out" 2>"$work/demo.err" &
+demo_pid=$!
+for _ in $(seq 1800); do grep -q "Ctrl-C stops" "$work/demo.out" 2>/dev/null && break; sleep 0.1; done
+grep -q "Ctrl-C stops" "$work/demo.out" || { tail "$work/demo.err"; echo "demo did not come up" >&2; exit 1; }
+echo "bootstrap_to_3_streaming_nodes_s: $(awk -v ms=$(( $(now_ms) - t0 )) 'BEGIN {printf "%.1f", ms / 1000}')"
+
+declare -a PID CFG PGPORT DATA
+while read -r name _ pid _ _ _ _ _ _ cfg _; do
+  i=${name%:}; i=${i#node}; PID[$i]=$pid; CFG[$i]=$cfg; DATA[$i]=$work/c/node$i/pg/data
+done < <(grep -E '^node[0-9]+: pid' "$work/demo.out")
+DSN=$(grep -A1 "multi-host" "$work/demo.out" | tail -1 | tr -d ' ')
+DSN="$DSN&connect_timeout=1"
+CA="$work/c/node1/tls/ca.crt"
+API1=$(grep -E '^node1: pid' "$work/demo.out" | awk '{print $6}'); API1=${API1#https://}
+primary() {
+  curl -s --max-time 2 --cacert "$CA" "https://$API1/cluster" | jq -r '.members[] | select(.role == "leader") | .name' | sed 's/node//'
+}
+healthy() { # one running leader and two streaming replicas
+  curl -s --max-time 2 --cacert "$CA" "https://$API1/cluster" |
+    jq -e '[.members[] | select((.role == "leader" and .state == "running") or (.role == "replica" and .state == "streaming"))] | length == 3' >/dev/null 2>&1
+}
+wait_healthy() { for _ in $(seq 600); do healthy && return 0; sleep 0.2; done; echo "cluster did not recover" >&2; exit 1; }
+
+psql "$DSN" -XAtqc "CREATE TABLE IF NOT EXISTS bench_ha (n bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())"
+# The writer: each acknowledged insert is logged as "<ms> <n>".
+( n=0; while true; do n=$((n + 1));
+    if psql "$DSN" -XAtqc "INSERT INTO bench_ha (n) VALUES ($n)" >/dev/null 2>&1; then echo "$(now_ms) $n"; fi
+    sleep 0.02; done ) > "$work/acks" &
+writer_pid=$!
+sleep 2
+
+gap_after() { # ms between the last ack before $1 and the first ack after it
+  local start=$1
+  for _ in $(seq 1200); do
+    awk -v t="$start" '$1 > t {found=1} END {exit !found}' "$work/acks" && break; sleep 0.1
+  done
+  awk -v t="$start" '$1 <= t {before=$1} $1 > t && !after {after=$1} END {print after - before}' "$work/acks"
+}
+report() { # name values...
+  local name=$1; shift
+  local sorted; sorted=$(printf '%s\n' "$@" | sort -n)
+  echo "${name}_write_gap_median_ms: $(awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}' <<<"$sorted")"
+  echo "${name}_write_gap_worst_ms: $(tail -1 <<<"$sorted")"
+}
+
+gaps=()
+for r in $(seq "$ROUNDS"); do
+  wait_healthy; sleep 1
+  p=$(primary); t=$(now_ms)
+  "$PGHA" ctl --config "${CFG[$p]}" switchover --force >/dev/null
+  gaps+=("$(gap_after "$t")"); echo "switchover round $r: ${gaps[-1]} ms" >&2
+done
+report switchover "${gaps[@]}"
+
+gaps=()
+for r in $(seq "$ROUNDS"); do
+  wait_healthy; sleep 1
+  p=$(primary); t=$(now_ms)
+  kill -9 "${PID[$p]}"
+  gaps+=("$(gap_after "$t")"); echo "kill_primary_node round $r: node$p, ${gaps[-1]} ms" >&2
+  "$PGHA" run --config "${CFG[$p]}" 2>>"$work/restarted-node$p.log" &
+  PID[$p]=$!; STARTED+=("$!")
+done
+report kill_primary_node "${gaps[@]}"
+
+gaps=()
+for r in $(seq "$ROUNDS"); do
+  wait_healthy; sleep 1
+  p=$(primary); t=$(now_ms)
+  kill -9 "$(head -1 "${DATA[$p]}/postmaster.pid")"
+  gaps+=("$(gap_after "$t")"); echo "kill_postmaster round $r: node$p, ${gaps[-1]} ms" >&2
+done
+report kill_postmaster "${gaps[@]}"
+
+wait_healthy; sleep 2
+kill "$writer_pid"; wait "$writer_pid" 2>/dev/null || true; writer_pid=
+acked=$(wc -l < "$work/acks")
+missing=$(awk '{print $2}' "$work/acks" | psql "$DSN" -XAtq -c "CREATE TEMP TABLE a (n bigint)" -c "COPY a FROM STDIN" -c "SELECT count(*) FROM a LEFT JOIN bench_ha USING (n) WHERE bench_ha.n IS NULL" | tail -1)
+echo "acknowledged_writes: $acked"
+echo "acknowledged_writes_missing_after_all_rounds: $missing   (asynchronous replication: a crash may lose the last unreplicated commits)"
+p=$(primary)
+pg_pid=$(head -1 "${DATA[$p]}/postmaster.pid")
+echo "pgha_rss_mib: $(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/${PID[$p]}/status")"
+echo "postgres_postmaster_rss_mib: $(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pg_pid/status")"
