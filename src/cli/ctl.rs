@@ -150,6 +150,18 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 let when = scheduled.as_deref().unwrap_or("now");
                 confirm(&format!("Switch over to {to} {when}?"))?;
             }
+            // Like patronictl: without --leader, the current leader (the API checks it again).
+            let leader = match leader {
+                Some(l) => Some(l),
+                None => {
+                    let (_, c): (_, serde_json::Value) = api.get("/cluster").await?;
+                    let members = c["members"].as_array().cloned().unwrap_or_default();
+                    members
+                        .iter()
+                        .find(|m| m["role"] == "leader")
+                        .and_then(|m| m["name"].as_str().map(String::from))
+                }
+            };
             let body =
                 serde_json::json!({"leader": leader, "candidate": candidate, "scheduled_at": scheduled});
             let (_, d): (_, Done) =

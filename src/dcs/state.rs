@@ -532,6 +532,12 @@ impl ClusterState {
         }
         let epoch = self.last_epoch.next();
         self.last_epoch = epoch;
+        // A switchover is done once someone other than the member it moved the role away
+        // from holds the lease; its checkpoint has served its purpose too.
+        if self.switchover.as_ref().is_some_and(|sw| sw.leader.as_ref() != Some(&candidate)) {
+            self.switchover = None;
+            self.release_checkpoint = None;
+        }
         self.lease = Some(Lease { holder: candidate, epoch, ttl_ms, renewal });
         Outcome::LeaseGranted { epoch }
     }

@@ -120,6 +120,11 @@ impl ClusterState {
         if self.switchover.is_some() {
             return refuse("a switchover is already pending; cancel it first".into());
         }
+        // Record whom the role moves away from, so that member does not take it back.
+        let mut request = request;
+        if request.leader.is_none() {
+            request.leader = self.lease.as_ref().map(|l| l.holder.clone());
+        }
         self.switchover = Some(request);
         Outcome::Accepted
     }
@@ -334,6 +339,17 @@ mod tests {
                 assert!(s.switchover.is_none());
             }
         }
+    }
+
+    #[test]
+    fn a_switchover_is_done_when_another_member_takes_the_lease() {
+        let mut s = held(state(), "n1", 1);
+        let req = SwitchoverRequest { leader: None, candidate: None, scheduled_at_ms: None };
+        assert!(s.apply(Command::RequestSwitchover { request: req }).is_accepted());
+        assert_eq!(s.switchover.as_ref().unwrap().leader, Some(n("n1")), "records whom it moves away from");
+        s.apply(Command::ReleaseLease { holder: n("n1"), epoch: LeaseEpoch(1), checkpoint: Some(Lsn(10)) });
+        assert!(s.apply(acquire("n3", 1, Some(10))).is_accepted());
+        assert!(s.switchover.is_none() && s.release_checkpoint.is_none(), "done once n3 holds the lease");
     }
 
     #[test]

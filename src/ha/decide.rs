@@ -238,10 +238,15 @@ pub fn decide(obs: &Observation) -> Decision {
             let for_me = sw.leader.as_ref().is_none_or(|leader| leader == obs.me);
             if due && for_me && !paused {
                 let reason = Reason::SwitchingOver { candidate: sw.candidate.clone() };
-                if !has_switchover_candidate(c, obs.me, sw.candidate.as_ref(), obs.wall_now_ms) {
-                    return renew_or_start(pg, epoch, Reason::SwitchoverWaitsForCandidate);
-                }
+                // The candidate check gates only the stop: once Postgres is down for the
+                // switchover, the replicas stop streaming by construction, and waiting for them
+                // would restart the primary and stop it again forever.
                 return match pg {
+                    LocalPg::Running { .. } | LocalPg::Starting
+                        if !has_switchover_candidate(c, obs.me, sw.candidate.as_ref(), obs.wall_now_ms) =>
+                    {
+                        renew_or_start(pg, epoch, Reason::SwitchoverWaitsForCandidate)
+                    }
                     LocalPg::Running { .. } | LocalPg::Starting => {
                         d(Action::Stop { mode: StopMode::Fast }, reason)
                     }

@@ -36,6 +36,8 @@ pub enum Ineligible {
     NotTheCandidate {
         candidate: MemberName,
     },
+    /// The pending switchover moves the primary role away from this member.
+    SwitchingAway,
 }
 
 impl fmt::Display for Ineligible {
@@ -55,6 +57,9 @@ impl fmt::Display for Ineligible {
                 write!(f, "{member} is as far ahead with a higher failover_priority")
             }
             Ineligible::NotTheCandidate { candidate } => write!(f, "the switchover names {candidate}"),
+            Ineligible::SwitchingAway => {
+                write!(f, "the pending switchover moves the primary role away from me")
+            }
         }
     }
 }
@@ -84,6 +89,9 @@ pub fn blocker(
     }
     if member.tags.nofailover || member.tags.failover_priority == Some(0) {
         return Some(Ineligible::NoFailover);
+    }
+    if cluster.switchover.as_ref().and_then(|s| s.leader.as_ref()) == Some(me) {
+        return Some(Ineligible::SwitchingAway);
     }
     if let Some(candidate) = cluster.switchover.as_ref().and_then(|s| s.candidate.as_ref()) {
         if candidate != me {

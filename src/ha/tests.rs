@@ -442,6 +442,15 @@ fn decisions() {
             ReleaseLease { epoch: e(3), checkpoint: Some(Lsn(520)) },
         ),
         (
+            "switchover after the clean stop, replicas no longer streaming: release anyway",
+            Case::three()
+                .me("n1")
+                .held("n1", 3, true)
+                .switchover(Some("n2"), Option::None)
+                .pg(stopped(1, 520, true)),
+            ReleaseLease { epoch: e(3), checkpoint: Some(Lsn(520)) },
+        ),
+        (
             "scheduled switchover not yet due: renew",
             Case::three()
                 .me("n1")
@@ -556,6 +565,16 @@ fn eligibility() {
             Case::three().switchover(Some("n3"), Option::None),
             Some(1000),
             Some(Ineligible::NotTheCandidate { candidate: n("n3") }),
+        ),
+        (
+            "the member a switchover moves away from",
+            {
+                let mut c = Case::three().switchover(Option::None, Option::None);
+                c.state.switchover.as_mut().unwrap().leader = Some(n("n2"));
+                c
+            },
+            Some(1000),
+            Some(Ineligible::SwitchingAway),
         ),
         (
             "switchover candidate ignores members ahead",
