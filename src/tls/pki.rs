@@ -447,7 +447,7 @@ fn common_name(cn: &str) -> DistinguishedName {
     dn
 }
 
-/// Validity from an hour ago for `lifetime`, and a random 127-bit serial (rcgen's default serial
+/// Validity from an hour ago for `lifetime`, and a random 126-bit serial (rcgen's default serial
 /// is derived from the key and its default validity is 1975–4096).
 fn set_validity_and_serial(params: &mut CertificateParams, lifetime: Duration) -> Result<(), PkiError> {
     let now_s = (crate::clock::wall_now_ms() / 1000) as i64;
@@ -459,7 +459,9 @@ fn set_validity_and_serial(params: &mut CertificateParams, lifetime: Duration) -
     ring::rand::SystemRandom::new()
         .fill(&mut serial)
         .map_err(|_| PkiError::BadCertificate("the OS random source failed".into()))?;
-    serial[0] &= 0x7f; // positive, so DER keeps all 16 bytes without a sign byte
+    // Positive (top bit clear: no sign byte) and a non-zero first byte (DER would drop a
+    // leading zero byte): always exactly 16 bytes, 126 of its bits random.
+    serial[0] = (serial[0] & 0x7f) | 0x40;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     Ok(())
 }
