@@ -81,6 +81,29 @@ impl ApiClient {
         self.call(Method::DELETE, path, None::<&()>).await
     }
 
+    /// A call whose success answer is plain text (Patroni's `/restart`, `/reload`,
+    /// `/reinitialize`); a refusal is an error like [`ApiClient::call`]'s.
+    pub async fn post_text<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(String, String), ClientError> {
+        let body = serde_json::to_vec(body).expect("request bodies serialize");
+        let mut errors = Vec::new();
+        for endpoint in &self.endpoints {
+            match self.once(endpoint, Method::POST, path, Some(body.clone())).await {
+                Ok(bytes) => return Ok((endpoint.clone(), String::from_utf8_lossy(&bytes).into_owned())),
+                Err(e) if e.is_refusal() => return Err(e),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.len() == 1 {
+            Err(errors.pop().expect("one error"))
+        } else {
+            Err(ClientError::AllFailed(errors))
+        }
+    }
+
     /// Calls each endpoint until one answers. A refusal (4xx/5xx with a body) is final and
     /// returned as is, except 503 "not ready", where the next endpoint is tried.
     pub async fn call<B: Serialize, T: DeserializeOwned>(

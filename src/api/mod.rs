@@ -5,6 +5,7 @@ pub mod client;
 pub mod error;
 pub mod health;
 pub mod model;
+pub mod node;
 pub mod patroni;
 pub mod server;
 pub mod switchover;

@@ -25,6 +25,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Reads that return a secret: they need a client certificate like changes do.
+const SECRET_PATHS: [&str; 1] = ["/dsn"];
 /// Bodies of pgha's API are small JSON documents.
 const MAX_BODY: usize = 64 * 1024;
 /// A token lives one hour unless asked otherwise (DESIGN.md), at most a week.
@@ -40,6 +42,10 @@ pub struct ApiContext {
     pub me: MemberName,
     /// This node's `watchdog.safety_margin`, for validating dynamic configuration changes.
     pub safety_margin_s: u64,
+    /// This node's configured superuser (`postgresql.authentication.superuser`), for `/dsn`.
+    pub superuser: crate::config::file::Credentials,
+    /// The local HA loop (`None` on a witness, which runs no Postgres).
+    pub ha: Option<crate::ha::control::HaControl>,
     /// Client for peers' APIs (GETs only; presents no certificate).
     pub peers: ApiClient,
 }
@@ -53,6 +59,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/token", post(create_token))
         .route("/join", post(join))
         .merge(super::patroni::routes())
+        .merge(super::node::routes())
         .merge(super::switchover::routes())
         .layer(middleware::from_fn_with_state(ctx.clone(), require_client_cert))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -81,7 +88,10 @@ pub async fn serve(
 
 async fn require_client_cert(State(ctx): State<ApiContext>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) || req.uri().path() == "/join" {
+    let reads_secrets = SECRET_PATHS.contains(&req.uri().path());
+    if (matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) && !reads_secrets)
+        || req.uri().path() == "/join"
+    {
         return next.run(req).await;
     }
     let path = req.uri().path().to_string();

@@ -28,6 +28,23 @@ pub struct CtlArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum CtlCommand {
+    /// The data members like `patronictl list`: role, state, timeline, LSNs and lag (MB)
+    List(super::ctl_members::ListArgs),
+    /// Like `list`, replicas indented under the primary
+    Topology(super::ctl_members::ListArgs),
+    /// A libpq connection string (with the superuser's password) for the primary, a replica or
+    /// a named member
+    Dsn(super::ctl_members::DsnArgs),
+    /// Restart Postgres on members (in the role each has)
+    Restart(super::ctl_members::RestartArgs),
+    /// Rewrite Postgres' configuration files from the replicated config and reload them
+    Reload(super::ctl_members::MemberActionArgs),
+    /// Wipe a replica's data directory and clone it again from the primary
+    Reinit(super::ctl_members::MemberActionArgs),
+    /// Stop automatic failover and all automatic actions (maintenance mode)
+    Pause(super::ctl_members::PauseArgs),
+    /// Resume automatic failover
+    Resume(super::ctl_members::PauseArgs),
     /// The consensus view, like `etcdctl member list` + `endpoint status`: name, id, Raft
     /// role, term, commit and applied index, address, reachable
     Members,
@@ -128,6 +145,14 @@ pub fn client(config: &ConfigArg, endpoint: Option<&str>) -> Result<ApiClient> {
 pub async fn run(args: CtlArgs) -> Result<()> {
     let api = client(&args.config, args.endpoint.as_deref())?;
     match args.command {
+        CtlCommand::List(a) => super::ctl_members::list(&api, a, args.format, false).await?,
+        CtlCommand::Topology(a) => super::ctl_members::list(&api, a, args.format, true).await?,
+        CtlCommand::Dsn(a) => super::ctl_members::dsn(&api, a).await?,
+        CtlCommand::Restart(a) => super::ctl_members::restart(&api, a).await?,
+        CtlCommand::Reload(a) => super::ctl_members::reload(&api, a).await?,
+        CtlCommand::Reinit(a) => super::ctl_members::reinit(&api, a).await?,
+        CtlCommand::Pause(a) => super::ctl_members::toggle_pause(&api, a, true).await?,
+        CtlCommand::Resume(a) => super::ctl_members::toggle_pause(&api, a, false).await?,
         CtlCommand::Members => {
             let (_, rows): (_, Vec<MemberRow>) = api.get("/members").await?;
             print!("{}", members_output(args.format, &rows));

@@ -3,6 +3,7 @@
 
 pub mod ctl;
 pub mod ctl_config;
+pub mod ctl_members;
 pub mod demo;
 pub mod files;
 pub mod init;

@@ -14,6 +14,7 @@ use crate::dcs::node::{CoreConfig, RaftCore};
 use crate::dcs::transport::{self, LocalIdentity, Outbox, RaftAcceptor, Reachability};
 use crate::dcs::{bootstrap, driver, raft_log};
 use crate::fence::{Fence, FencerHandle};
+use crate::ha::control::HaControl;
 use crate::ha::local::LocalPostgres;
 use crate::ha::run::HaLoop;
 use crate::pg::bin::BinDir;
@@ -134,7 +135,7 @@ async fn start_ha(
     handle: crate::dcs::handle::Handle,
     fence: Arc<dyn Fence>,
     shutdown: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>> {
+) -> Result<(tokio::task::JoinHandle<()>, HaControl)> {
     let data_dir = &cfg.postgresql.data_dir;
     match stop_leftover(data_dir, LEFTOVER_STOP).await? {
         Leftover::None => {}
@@ -144,9 +145,9 @@ async fn start_ha(
     let user = ServiceUser::lookup(&cfg.user)?;
     let tools = PgTools::new(bin, user, spawner);
     let local = LocalPostgres::new(cfg, tools)?;
-    let (ha, _decisions) =
+    let (ha, control) =
         HaLoop::new(cfg.name.clone(), handle, local, fence, cfg.bootstrap.post_bootstrap.clone());
-    Ok(tokio::spawn(ha.run(shutdown)))
+    Ok((tokio::spawn(ha.run(shutdown)), control))
 }
 
 /// `forced`: the member identity after `--force-new-cluster` (this member is the only voter
@@ -210,11 +211,22 @@ async fn serve(
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let acceptor = RaftAcceptor::from(tls::raft_server_config(&node_tls)?);
     tokio::spawn(transport::serve(raft_listener, acceptor, me, handle.watch_state(), inbox_tx));
+    let (ha_stop_tx, ha_stop_rx) = watch::channel(false);
+    let fencer = postgres.as_ref().map(|(_, f)| f.clone());
+    let (mut ha, ha_control) = match postgres {
+        Some((spawner, fence)) => {
+            let (task, control) = start_ha(&cfg, spawner, handle.clone(), fence, ha_stop_rx).await?;
+            (Some(task), Some(control))
+        }
+        None => (None, None),
+    };
     let ctx = ApiContext {
         dcs: handle.clone(),
         scope: cfg.scope.clone(),
         me: cfg.name.clone(),
         safety_margin_s: cfg.watchdog.safety_margin,
+        ha: ha_control,
+        superuser: cfg.postgresql.authentication.superuser.clone(),
         peers: ApiClient::new(
             Vec::new(),
             tls::api_client_config(&node_tls.ca_der, None)?,
@@ -228,12 +240,6 @@ async fn serve(
         shutdown_rx.clone(),
     ));
     let mut driver = tokio::spawn(driver::run(core, io, outbox, shutdown_rx, meta.seed_peers.clone()));
-    let (ha_stop_tx, ha_stop_rx) = watch::channel(false);
-    let fencer = postgres.as_ref().map(|(_, f)| f.clone());
-    let mut ha = match postgres {
-        Some((spawner, fence)) => Some(start_ha(&cfg, spawner, handle.clone(), fence, ha_stop_rx).await?),
-        None => None,
-    };
     tracing::info!(
         member = %cfg.name,
         node = %meta.node_id,

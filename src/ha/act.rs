@@ -19,7 +19,7 @@ use std::time::Duration;
 /// Bound of initdb.
 const INITDB_TIMEOUT: Duration = Duration::from_secs(300);
 /// Bound of pg_basebackup and pg_rewind (large databases need a configurable one: later).
-const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(super) const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Bound of a clean stop before the postmaster's group is SIGKILLed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound of `pg_promote(wait => true)`.

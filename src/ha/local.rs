@@ -123,6 +123,9 @@ pub struct LocalPostgres {
     postmaster: Option<Postmaster>,
     /// The member the running postmaster was told to stream from (`None`: primary).
     upstream: Option<MemberName>,
+    /// The configuration files as last written (`pgha.conf`, `pg_hba.conf`), to tell when the
+    /// replicated config changed them.
+    written: Option<(String, String)>,
 }
 
 impl LocalPostgres {
@@ -147,6 +150,7 @@ impl LocalPostgres {
             pending_secrets: BTreeMap::new(),
             postmaster: None,
             upstream: None,
+            written: None,
         })
     }
 
@@ -303,7 +307,48 @@ impl LocalPostgres {
 
     /// Writes pgha.conf, pg_hba.conf and `standby.signal` for a primary (`follow: None`) or a
     /// standby of `follow`.
-    pub fn write_config(&self, cluster: &ClusterState, follow: Option<&MemberName>) -> Result<(), String> {
+    pub fn write_config(
+        &mut self,
+        cluster: &ClusterState,
+        follow: Option<&MemberName>,
+    ) -> Result<(), String> {
+        let files = self.render_config(cluster, follow)?;
+        self.data.write_config(&files.0, &files.1).map_err(|e| e.to_string())?;
+        self.written = Some(files);
+        self.data.set_standby(follow.is_some()).map_err(|e| e.to_string())
+    }
+
+    /// After a change of the replicated config (`postgresql.parameters`, `pg_hba`, use_slots,
+    /// credentials): rewrites the running server's files and reloads it. Parameters that need
+    /// a restart then show in `pg_settings.pending_restart` (the member's "pending restart").
+    /// `force`: reload even when the files did not change (`POST /reload`). Returns whether
+    /// it reloaded.
+    pub async fn refresh_config(&mut self, cluster: &ClusterState, force: bool) -> Result<bool, String> {
+        if self.postmaster.is_none() {
+            return Ok(false);
+        }
+        let upstream = self.upstream.clone();
+        let files = self.render_config(cluster, upstream.as_ref())?;
+        if !force && self.written.as_ref() == Some(&files) {
+            return Ok(false);
+        }
+        self.data.write_config(&files.0, &files.1).map_err(|e| e.to_string())?;
+        self.written = Some(files);
+        self.session(Some(cluster))
+            .await
+            .map_err(|e| e.to_string())?
+            .reload()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// The text of `pgha.conf` and `pg_hba.conf` for a primary or a standby of `follow`.
+    fn render_config(
+        &self,
+        cluster: &ClusterState,
+        follow: Option<&MemberName>,
+    ) -> Result<(String, String), String> {
         let follow = match follow {
             None => None,
             Some(up) => Some(Follow {
@@ -330,8 +375,7 @@ impl LocalPostgres {
             rewind: &self.auth.rewind.username,
         };
         let hba = render_pg_hba(roles, &cluster.config.postgresql.pg_hba).map_err(|e| e.to_string())?;
-        self.data.write_config(&params.render(), &hba).map_err(|e| e.to_string())?;
-        self.data.set_standby(follow.is_some()).map_err(|e| e.to_string())
+        Ok((params.render(), hba))
     }
 
     /// Starts the postmaster without waiting: the next observations see `Starting`, then
@@ -365,9 +409,15 @@ impl LocalPostgres {
         Ok(())
     }
 
-    /// After `pg_promote()`: the postmaster now runs as a primary.
+    /// After `pg_promote()`: the postmaster now runs as a primary (its files still say
+    /// standby: the next refresh rewrites them).
     pub fn promoted(&mut self) {
         self.upstream = None;
+    }
+
+    /// The member the running standby streams from.
+    pub fn upstream(&self) -> Option<&MemberName> {
+        self.upstream.as_ref()
     }
 
     /// Stops our postmaster; returns only once no process of it remains (`Ok(None)`: none ran).

@@ -4,11 +4,13 @@
 //! the execution of one action.
 
 mod act;
+pub mod control;
 pub mod decide;
 pub mod eligibility;
 pub mod local;
 #[cfg(test)]
 mod local_tests;
+pub mod manual;
 pub mod observe;
 pub mod run;
 #[cfg(test)]

@@ -8,8 +8,10 @@
 //! by the next observation; the loop only ends on shutdown, when it stops Postgres (a primary
 //! fast, then releasing its lease with the shutdown checkpoint).
 
+use super::control::{self, HaControl, LoopSide, NodeView};
 use super::decide::{decide, Action, Decision};
 use super::local::LocalPostgres;
+use super::manual::RestartInProgress;
 use super::observe::{LocalPg, Observation, PgRole};
 use crate::clock;
 use crate::dcs::handle::Handle;
@@ -96,22 +98,26 @@ pub struct HaLoop {
     /// Whether the fence was told a pid to kill (and not disarmed since).
     pub(super) fence_armed: bool,
     pub(super) post_bootstrap: Option<PathBuf>,
-    decision_tx: watch::Sender<Option<Decision>>,
+    control: LoopSide,
+    /// The last published view, for progress updates between iterations.
+    last_view: Option<Arc<NodeView>>,
+    pub(super) restart_in_progress: Option<RestartInProgress>,
+    pub(super) reinitializing: bool,
     last_report: Option<(MemberStatus, clock::BootInstant)>,
     /// The slot names last ensured on our primary (re-done when the wanted set changes).
     slots: Option<Vec<String>>,
 }
 
 impl HaLoop {
-    /// Returns the loop and a receiver of its last decision (for the API).
+    /// Returns the loop and the API's handle on it.
     pub fn new(
         me: MemberName,
         handle: Handle,
         local: LocalPostgres,
         fence: Arc<dyn Fence>,
         post_bootstrap: Option<PathBuf>,
-    ) -> (HaLoop, watch::Receiver<Option<Decision>>) {
-        let (decision_tx, decision_rx) = watch::channel(None);
+    ) -> (HaLoop, HaControl) {
+        let (api_side, loop_side) = control::channels();
         let ha = HaLoop {
             me,
             handle,
@@ -119,11 +125,14 @@ impl HaLoop {
             fence,
             fence_armed: false,
             post_bootstrap,
-            decision_tx,
+            control: loop_side,
+            last_view: None,
+            restart_in_progress: None,
+            reinitializing: false,
             last_report: None,
             slots: None,
         };
-        (ha, decision_rx)
+        (ha, api_side)
     }
 
     /// Runs until `shutdown` turns true (or its sender is dropped), then stops Postgres.
@@ -166,14 +175,35 @@ impl HaLoop {
             } else if decision.action != Action::None {
                 tracing::debug!(member = %self.me, "{decision}");
             }
-            self.decision_tx.send_replace(Some(decision.clone()));
             // Act.
             if let Err(e) = self.act(&decision.action, &cluster, &pg).await {
                 tracing::warn!(member = %self.me, action = ?decision.action, "failed: {e}");
             }
-            last_decision = Some(decision);
+            if matches!(decision.action, Action::None | Action::RenewLease { .. }) {
+                // A changed replicated config reaches the running server (after the action:
+                // a promotion or a new upstream rewrites the files itself).
+                match self.local.refresh_config(&cluster, false).await {
+                    Ok(true) => {
+                        tracing::info!(member = %self.me, "applied a configuration change (reloaded)")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(member = %self.me, "cannot apply the configuration: {e}"),
+                }
+            }
+            self.check_restart(matches!(pg, LocalPg::Running { .. }));
             self.report(&cluster, &pg, probe.as_ref(), now_ms).await;
             self.keep_slots(&cluster, &pg).await;
+            self.publish(NodeView {
+                pg,
+                probe,
+                decision: decision.clone(),
+                at: clock::boot_now(),
+                wall_ms: now_ms,
+                restarting: self.restart_in_progress.is_some(),
+                reinitializing: false,
+                watchdog_failed: false,
+            });
+            last_decision = Some(decision);
 
             // Wait.
             let key = WakeKey::of(Some(&cluster));
@@ -196,10 +226,37 @@ impl HaLoop {
                     }
                     _ = shutdown.changed() => break,
                     _ = clock::sleep(left) => break,
+                    request = self.control.requests.recv() => {
+                        if let Some((request, reply)) = request {
+                            self.handle_request(request, reply).await;
+                        }
+                        break;
+                    }
                 }
             }
         }
+        if let Some(progress) = self.restart_in_progress.take() {
+            let _ =
+                progress.reply.send(Err(control::RequestError::Unavailable("pgha is shutting down".into())));
+        }
         self.shut_down().await;
+    }
+
+    fn publish(&mut self, view: NodeView) {
+        let view = Arc::new(view);
+        self.last_view = Some(view.clone());
+        self.control.view.send_replace(Some(view));
+    }
+
+    /// Republishes the last view with the current progress flags (a long manual action).
+    pub(super) fn publish_progress(&mut self) {
+        let Some(last) = self.last_view.as_deref() else { return };
+        let view = NodeView {
+            restarting: self.restart_in_progress.is_some(),
+            reinitializing: self.reinitializing,
+            ..last.clone()
+        };
+        self.publish(view);
     }
 
     /// Proposes `ReportStatus` when the status changed, or when the last report gets old.

@@ -94,6 +94,49 @@ impl PgTools {
         if !data_dir.is_absent_or_empty()? {
             return Err(PgError::DataDirNotEmpty { action: "clone", path: data_dir.path().to_owned() });
         }
+        self.clone_into_place(data_dir, source, password, timeout).await
+    }
+
+    /// Reinitialize: replaces the stopped replica's `data_dir` with a fresh clone. The old
+    /// directory stays in place until the clone is complete, so a failed clone loses nothing.
+    pub async fn reclone(
+        &self,
+        data_dir: &DataDir,
+        source: &Conninfo,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        if data_dir.is_absent_or_empty()? {
+            return self.clone_into_place(data_dir, source, password, timeout).await;
+        }
+        let old = TempDir(sibling(data_dir.path(), ".pgha-reinit-old"));
+        old.remove()?;
+        let fresh = TempDir(sibling(data_dir.path(), ".pgha-reinit-new"));
+        fresh.remove()?;
+        let staged = DataDir::new(fresh.0.clone(), self.user.clone());
+        self.clone_into_place(&staged, source, password, timeout).await?;
+        std::fs::rename(data_dir.path(), &old.0)
+            .map_err(PgError::io("cannot move the old data directory aside to", &old.0))?;
+        if let Err(e) = std::fs::rename(&fresh.0, data_dir.path()) {
+            // Put the old directory back rather than lose it with `old`'s drop.
+            if std::fs::rename(&old.0, data_dir.path()).is_err() {
+                old.forget();
+            }
+            return Err(PgError::io("cannot move the clone to", data_dir.path())(e));
+        }
+        fresh.forget();
+        datadir::sync_dir(data_dir.path().parent().unwrap_or(Path::new("/")))?;
+        drop(old);
+        Ok(())
+    }
+
+    async fn clone_into_place(
+        &self,
+        data_dir: &DataDir,
+        source: &Conninfo,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
         // Left over by an interrupted clone, or new: either way start empty.
         let tmp = TempDir(sibling(data_dir.path(), ".pgha-clone"));
         tmp.remove()?;

@@ -13,6 +13,7 @@ mod config;
 mod consensus;
 mod input;
 mod membership;
+mod operations;
 mod postgres;
 mod recovery;
 mod security;

@@ -9,13 +9,13 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Bootstrap (initdb), start, two clones and their streaming start: generous on a loaded CI host.
-const FORM: Duration = Duration::from_secs(120);
+pub(crate) const FORM: Duration = Duration::from_secs(120);
 /// A failover: the lease ttl (10 s by default) plus a promotion.
 const FAILOVER: Duration = Duration::from_secs(60);
 const PSQL: &str = "/usr/bin/psql";
 
 /// `psql -Atc sql` against node `i`'s Postgres over TCP as the superuser; the trimmed output.
-fn psql(c: &Cluster, i: usize, sql: &str) -> Result<String, String> {
+pub(crate) fn psql(c: &Cluster, i: usize, sql: &str) -> Result<String, String> {
     let conninfo =
         format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=3", c.nodes[i].pg_port);
     let out = Command::new(PSQL)
@@ -32,7 +32,7 @@ fn psql(c: &Cluster, i: usize, sql: &str) -> Result<String, String> {
 }
 
 /// What each node's Postgres says it is: "primary", "replica", or the error.
-fn roles(c: &Cluster, nodes: &[usize]) -> Vec<String> {
+pub(crate) fn roles(c: &Cluster, nodes: &[usize]) -> Vec<String> {
     nodes
         .iter()
         .map(|&i| match psql(c, i, "SELECT pg_is_in_recovery()").as_deref() {
@@ -46,7 +46,11 @@ fn roles(c: &Cluster, nodes: &[usize]) -> Vec<String> {
 
 /// Waits until exactly one of `nodes` is a primary with every other one streaming from it;
 /// returns the primary's index.
-fn wait_primary_with_streaming_replicas(c: &Cluster, nodes: &[usize], deadline: Duration) -> usize {
+pub(crate) fn wait_primary_with_streaming_replicas(
+    c: &Cluster,
+    nodes: &[usize],
+    deadline: Duration,
+) -> usize {
     wait_until(deadline, "one primary with every other node streaming from it", || {
         let r = roles(c, nodes);
         let primaries: Vec<usize> =
@@ -70,7 +74,7 @@ fn wait_primary_with_streaming_replicas(c: &Cluster, nodes: &[usize], deadline: 
     })
 }
 
-fn wait_row(c: &Cluster, i: usize, sql: &str, want: &str) {
+pub(crate) fn wait_row(c: &Cluster, i: usize, sql: &str, want: &str) {
     wait_until(FORM, &format!("{} returns {want} for {sql}", c.nodes[i].name), || {
         let got = psql(c, i, sql)?;
         if got == want {
