@@ -88,6 +88,7 @@ pub enum Reason {
     Diverged { timeline: Timeline, primary_timeline: Timeline },
     NeedsClone { from: MemberName },
     CrashedPrimary,
+    CrashedNoLease,
     Starting,
     LeaseFree,
     Ineligible(Ineligible),
@@ -128,6 +129,10 @@ impl fmt::Display for Reason {
             CrashedPrimary => write!(
                 f,
                 "my Postgres crashed as a primary: recovering it before comparing it with the new primary's history"
+            ),
+            CrashedNoLease => write!(
+                f,
+                "my Postgres crashed as a primary and the lease is free: recovering it to learn where its WAL ends"
             ),
             Starting => write!(f, "Postgres is starting"),
             LeaseFree => write!(f, "the lease is free and I am eligible: acquiring it"),
@@ -190,6 +195,11 @@ pub fn decide(obs: &Observation) -> Decision {
     // Initialization.
     match &c.initialize {
         None if paused => return d(Action::None, Reason::Paused),
+        // A member that may never hold the lease must not bootstrap: it could not start the
+        // Postgres it created, and the cluster would wait for it forever.
+        None if member.tags.nofailover || member.tags.failover_priority == Some(0) => {
+            return d(Action::None, Reason::Ineligible(Ineligible::NoFailover))
+        }
         None => return d(Action::ClaimInitialize, Reason::Uninitialized),
         Some(init) if init.system_identifier.is_none() => {
             if &init.bootstrapper != obs.me {
@@ -281,6 +291,11 @@ pub fn decide(obs: &Observation) -> Decision {
             match pg {
                 LocalPg::Absent => d(Action::None, Reason::NothingToFollow),
                 LocalPg::Starting => d(Action::None, Reason::Starting),
+                // After a crash the last checkpoint is far behind the end of the WAL, and only
+                // the end says whether this member is eligible: recover first.
+                LocalPg::Stopped { was_primary: true, clean: false, .. } => {
+                    d(Action::CrashRecover, Reason::CrashedNoLease)
+                }
                 _ => match eligibility::blocker(c, obs.me, pg.lsn(), obs.wall_now_ms) {
                     None => d(Action::AcquireLease { expected_epoch: c.last_epoch }, Reason::LeaseFree),
                     Some(why) => d(Action::None, Reason::Ineligible(why)),

@@ -76,6 +76,25 @@ fn fresh_lsn(m: &Member, wall_now_ms: u64) -> Option<Lsn> {
     s.replay_lsn.or(s.wal_lsn)
 }
 
+/// How far the last primary's WAL is known to go: its last renewal's position, or further if
+/// a replica on the current timeline reported receiving more (the primary renews once per
+/// `loop_wait`, so a burst of writes just before it died is only visible there; nofailover
+/// replicas count too). `maximum_lag_on_failover` is measured against this.
+pub fn known_primary_position(cluster: &ClusterState, wall_now_ms: u64) -> Option<Lsn> {
+    // Only positions on the current timeline: a member still on an ended one may report WAL
+    // the new primary never had.
+    let timeline = cluster.history.last().map_or(1, |h| h.timeline.0 + 1);
+    let streamed = cluster
+        .members
+        .values()
+        .filter_map(|m| m.status.as_ref())
+        .filter(|s| s.role == "replica" && s.timeline.is_some_and(|t| t.0 == timeline))
+        .filter(|s| wall_now_ms.saturating_sub(s.updated_at_ms) <= STATUS_FRESH_MS)
+        .filter_map(|s| s.receive_lsn.max(s.replay_lsn))
+        .max();
+    cluster.last_primary_lsn.max(streamed)
+}
+
 /// Why `me` must not take the lease, or `None` if it may try.
 pub fn blocker(
     cluster: &ClusterState,
@@ -104,7 +123,7 @@ pub fn blocker(
             return Some(Ineligible::BeforeCheckpoint { lsn, checkpoint });
         }
     }
-    if let Some(last) = cluster.last_primary_lsn {
+    if let Some(last) = known_primary_position(cluster, wall_now_ms) {
         let lag = last.0.saturating_sub(lsn.0);
         let max = cluster.config.maximum_lag_on_failover;
         if lag > max {

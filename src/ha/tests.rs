@@ -221,6 +221,11 @@ fn decisions() {
             None,
         ),
         (
+            "uninitialized and nofailover: never bootstrap (it could not take the lease)",
+            Case::three().uninitialized(Option::None).tag("n2", |t| t.nofailover = true).pg(LocalPg::Absent),
+            None,
+        ),
+        (
             "another member bootstraps: wait",
             Case::three().uninitialized(Some("n1")).pg(LocalPg::Absent),
             None,
@@ -384,6 +389,11 @@ fn decisions() {
             StartReplica { upstream: n("n2") },
         ),
         (
+            "crashed old primary, lease free: crash recovery to learn where its WAL ends",
+            Case::three().me("n1").pg(crashed(1, 200)),
+            CrashRecover,
+        ),
+        (
             "crashed old primary while paused: nothing",
             Case::three().me("n1").held("n2", 4, false).history(1, 300).paused().pg(crashed(1, 200)),
             None,
@@ -519,6 +529,36 @@ fn eligibility() {
             Case::three().last_primary_lsn(1000 + MB + 1),
             Some(1000),
             Some(Ineligible::TooFarBehind { lag: MB + 1, max: MB }),
+        ),
+        (
+            "beyond maximum_lag_on_failover of what a nofailover replica received",
+            Case::three().last_primary_lsn(1000).tag("n3", |t| t.nofailover = true).status(
+                "n3",
+                "streaming",
+                1000 + MB + 1,
+            ),
+            Some(1000),
+            Some(Ineligible::TooFarBehind { lag: MB + 1, max: MB }),
+        ),
+        (
+            "what a replica received still counts once its primary died (not streaming)",
+            Case::three().last_primary_lsn(1000).tag("n3", |t| t.nofailover = true).status(
+                "n3",
+                "running",
+                1000 + MB + 1,
+            ),
+            Some(1000),
+            Some(Ineligible::TooFarBehind { lag: MB + 1, max: MB }),
+        ),
+        (
+            "a position on an ended timeline does not count",
+            Case::three().history(1, 500).last_primary_lsn(1000).tag("n3", |t| t.nofailover = true).status(
+                "n3",
+                "running",
+                1000 + MB + 1,
+            ),
+            Some(1000),
+            None,
         ),
         (
             "nofailover",

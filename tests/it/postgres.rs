@@ -214,3 +214,103 @@ fn a_switchover_to_a_named_replica_loses_nothing() {
     let history = crate::harness::stdout(&c.ctl(new, &["history", "--format", "json"]));
     assert!(history.contains(&name), "the history records the promotion: {history}");
 }
+
+/// The postmaster of the primary crashes (SIGKILL to it alone) while its pgha keeps renewing
+/// the lease: pgha starts it again in place (crash recovery) rather than failing over, and
+/// the replicas resume streaming from it.
+#[test]
+fn a_crashed_postmaster_on_the_primary_is_restarted_in_place() {
+    let c = Cluster::new(3);
+    let p = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    psql(&c, p, "CREATE TABLE it_t (x int); INSERT INTO it_t SELECT generate_series(1, 100)")
+        .expect("writes");
+    let pidfile = c.nodes[p].dir.join("pg/data/postmaster.pid");
+    let pid = std::fs::read_to_string(&pidfile).expect("postmaster.pid");
+    let pid: i32 = pid.lines().next().and_then(|l| l.trim().parse().ok()).expect("a pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let again = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FAILOVER);
+    assert_eq!(again, p, "the same node is primary again, without a failover");
+    assert_eq!(psql(&c, p, "SELECT count(*) FROM it_t").unwrap(), "100", "crash recovery kept the rows");
+    let history = crate::harness::stdout(&c.ctl(p, &["history", "--format", "json"]));
+    assert_eq!(history.trim(), "[]", "no promotion happened: {history}");
+}
+
+/// True when node `i`'s Postgres accepts writes now.
+fn writable(c: &Cluster, i: usize) -> bool {
+    psql(c, i, "SELECT pg_is_in_recovery()").as_deref() == Ok("f")
+}
+
+/// Watches `nodes` for `span`; panics if one of them becomes writable.
+fn never_writable(c: &Cluster, nodes: &[usize], span: Duration, why: &str) {
+    let start = pgha::clock::boot_now();
+    while crate::harness::elapsed(start) < span {
+        for &i in nodes {
+            assert!(!writable(c, i), "{} was promoted although {why}", c.nodes[i].name);
+        }
+        crate::harness::pause(Duration::from_millis(500));
+    }
+}
+
+/// Neither a `nofailover` member nor a replica further behind than `maximum_lag_on_failover`
+/// is promoted when the primary dies: the cluster stays without a primary (rather than lose
+/// data or break the operator's rule) until the old primary returns and takes its role back.
+#[test]
+fn neither_a_nofailover_member_nor_a_lagging_replica_is_promoted() {
+    let mut c = Cluster::empty();
+    c.add_node("node1");
+    let nofailover = c.add_node_as("node2", "node2", "tags:\n  nofailover: true\n");
+    c.add_node("node3");
+    c.form();
+    let p = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    assert_ne!(p, nofailover, "a nofailover member never takes the lease");
+    let lagging = (0..3).find(|&i| i != p && i != nofailover).unwrap();
+    assert!(c.stop(lagging).success());
+    // Far more than the default maximum_lag_on_failover (1 MiB) of WAL while it is down.
+    psql(
+        &c,
+        p,
+        "CREATE TABLE it_big AS SELECT g AS x, repeat('x', 100) AS pad FROM generate_series(1, 100000) g",
+    )
+    .expect("writes");
+    wait_row(&c, nofailover, "SELECT count(*) FROM it_big", "100000");
+    c.kill9(p);
+    // Its postmaster dies with it; the lagging node must not stream from a dying one.
+    wait_until(Duration::from_secs(10), "the old primary's Postgres is gone", || {
+        match psql(&c, p, "SELECT 1") {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still answering".into()),
+        }
+    });
+    crate::harness::pause(Duration::from_secs(1));
+    c.start(lagging);
+    // Three lease ttls (10 s each by default): time enough for any wrong promotion.
+    never_writable(&c, &[nofailover, lagging], Duration::from_secs(30), "it is not eligible");
+    assert!(
+        c.log_text(lagging).contains("behind") || c.log_text(lagging).contains("ahead"),
+        "the lagging node says why it does not take over"
+    );
+    c.start(p);
+    let back = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    assert_eq!(back, p, "the old primary, the only eligible member, takes its role back");
+    wait_row(&c, lagging, "SELECT count(*) FROM it_big", "100000");
+}
+
+/// In pause mode nothing automatic happens, not even a failover; `ctl resume` restores it.
+#[test]
+fn pause_mode_takes_no_automatic_action_until_resumed() {
+    let mut c = Cluster::new(3);
+    let p = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    let out = c.ctl(p, &["pause", "--wait"]);
+    assert!(out.status.success(), "{}", crate::harness::show(&out));
+    let other = (0..3).find(|&i| i != p).unwrap();
+    let patroni = c.api_get(other, "/patroni").unwrap();
+    assert_eq!(patroni["pause"], true, "{patroni}");
+    let out = c.ctl(p, &["pause"]);
+    assert!(!out.status.success(), "pausing twice is refused: {}", crate::harness::show(&out));
+    c.kill9(p);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != p).collect();
+    never_writable(&c, &survivors, Duration::from_secs(25), "the cluster is paused");
+    let out = c.ctl(other, &["resume"]);
+    assert!(out.status.success(), "{}", crate::harness::show(&out));
+    wait_primary_with_streaming_replicas(&c, &survivors, FAILOVER);
+}
