@@ -4,6 +4,7 @@
 //! the execution of one action.
 
 mod act;
+pub mod callbacks;
 pub mod decide;
 pub mod eligibility;
 pub mod local;
