@@ -13,6 +13,7 @@ pub mod pg;
 pub mod sys;
 pub mod tls;
 pub mod types;
+pub mod watchdog;
 
 /// This build's version, shown by `pgha version`, the API and `pgha ctl members`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
