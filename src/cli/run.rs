@@ -14,15 +14,17 @@ use crate::dcs::node::{CoreConfig, RaftCore};
 use crate::dcs::transport::{self, LocalIdentity, Outbox, RaftAcceptor, Reachability};
 use crate::dcs::{bootstrap, driver, raft_log};
 use crate::fence::{Fence, FencerHandle};
+use crate::ha::callbacks::CallbackRunner;
 use crate::ha::control::HaControl;
 use crate::ha::local::LocalPostgres;
-use crate::ha::run::HaLoop;
+use crate::ha::run::{HaLoop, HaOptions};
 use crate::pg::bin::BinDir;
 use crate::pg::ctl::PgTools;
 use crate::pg::leftover::{stop_leftover, Leftover};
 use crate::pg::spawner::Spawner;
 use crate::sys::user::{self, ServiceUser};
 use crate::tls::{self, NodeTls};
+use crate::watchdog::Watchdog;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::sync::Arc;
@@ -145,8 +147,13 @@ async fn start_ha(
     let user = ServiceUser::lookup(&cfg.user)?;
     let tools = PgTools::new(bin, user, spawner);
     let local = LocalPostgres::new(cfg, tools)?;
-    let (ha, control) =
-        HaLoop::new(cfg.name.clone(), handle, local, fence, cfg.bootstrap.post_bootstrap.clone());
+    let options = HaOptions {
+        post_bootstrap: cfg.bootstrap.post_bootstrap.clone(),
+        watchdog: Watchdog::new(&cfg.watchdog),
+        callbacks: CallbackRunner::new(&cfg.callbacks, &cfg.scope),
+        safety_margin_s: cfg.watchdog.safety_margin,
+    };
+    let (ha, control) = HaLoop::new(cfg.name.clone(), handle, local, fence, options);
     Ok((tokio::spawn(ha.run(shutdown)), control))
 }
 

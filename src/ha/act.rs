@@ -5,6 +5,7 @@
 //! orderings from DESIGN.md "The lease": the fence is extended only after an *accepted* grant
 //! or renewal, and a lease is released only once the postmaster's stop was confirmed.
 
+use super::callbacks::CallbackEvent;
 use super::decide::{Action, StopMode};
 use super::local::{generate_password, RoleOf};
 use super::observe::LocalPg;
@@ -14,6 +15,7 @@ use crate::dcs::state::{ClusterState, Command, HistoryEntry, Outcome};
 use crate::pg::process::StopMode as PgStopMode;
 use crate::pg::roles::RoleKind;
 use crate::types::MemberName;
+use crate::watchdog::Permit;
 use std::time::Duration;
 
 /// Bound of initdb.
@@ -47,6 +49,8 @@ impl HaLoop {
             Action::Bootstrap => self.bootstrap(c).await,
             Action::CompleteInitialize => self.complete_initialize(c).await,
             Action::AcquireLease { expected_epoch } => {
+                // Armed before the lease can be ours, so Postgres is never primary unwatched.
+                self.arm_watchdog(dynamic)?;
                 let outcome = self
                     .handle
                     .acquire_lease(*expected_epoch, dynamic.ttl(), dynamic.retry_timeout(), pg.lsn())
@@ -64,14 +68,18 @@ impl HaLoop {
             }
             Action::Promote => self.promote(c, pg).await,
             Action::StartPrimary => {
+                self.arm_watchdog(dynamic)?;
                 self.local.start(c, None).await?;
                 // Started under a valid lease (decide): fence it from now on.
                 self.extend_fence().await;
+                self.fire_unless_bootstrapping(c, CallbackEvent::OnStart, "primary");
                 Ok(())
             }
             Action::StartReplica { upstream } => {
                 self.disarm_fence();
-                self.local.start(c, Some(upstream)).await
+                self.local.start(c, Some(upstream)).await?;
+                self.fire_unless_bootstrapping(c, CallbackEvent::OnStart, "replica");
+                Ok(())
             }
             Action::Follow { upstream } => self.local.follow(c, upstream).await,
             Action::Clone { from } => self.clone_from(c, from).await,
@@ -96,9 +104,13 @@ impl HaLoop {
                     StopMode::Fast => PgStopMode::Fast,
                     StopMode::Immediate => PgStopMode::Immediate,
                 };
-                self.local.stop(mode, STOP_TIMEOUT).await.map_err(err)?;
+                let role = if self.local.runs_as_primary() { "primary" } else { "replica" };
+                let stopped = self.local.stop(mode, STOP_TIMEOUT).await.map_err(err)?;
                 // Confirmed gone: nothing left to fence.
                 self.disarm_fence();
+                if stopped.is_some() {
+                    self.callbacks.fire(CallbackEvent::OnStop, role);
+                }
                 Ok(())
             }
             Action::ReleaseLease { epoch, checkpoint } => {
@@ -127,6 +139,10 @@ impl HaLoop {
     /// the fence follows it while our Postgres is (to be) primary.
     async fn after_lease_outcome(&mut self, what: &str, outcome: &Outcome) -> Result<(), String> {
         if let Outcome::Rejected { reason } = outcome {
+            if !self.local.runs_as_primary() {
+                // Armed for an acquisition that failed: nothing to watch.
+                self.watchdog.disable();
+            }
             return Err(format!("lease {what} rejected: {reason}"));
         }
         self.extend_fence().await;
@@ -137,6 +153,11 @@ impl HaLoop {
     /// primary and the deadline is valid.
     pub(super) async fn extend_fence(&mut self) {
         let (Some(pid), true) = (self.local.pid(), self.local.runs_as_primary()) else { return };
+        // Only after an accepted grant or renewal (the callers): the watchdog's countdown
+        // restarts with the lease's.
+        if let Err(e) = self.watchdog.keepalive() {
+            tracing::error!(error = %e, "watchdog keepalive failed");
+        }
         match self.handle.lease().await {
             Ok(view) => {
                 if let Some(deadline) = view.deadline {
@@ -152,6 +173,37 @@ impl HaLoop {
     pub(super) fn disarm_fence(&mut self) {
         self.fence.disarm();
         self.fence_armed = false;
+        self.watchdog.disable();
+    }
+
+    /// Arms the watchdog for a primary (Patroni's modes: `off` does nothing, `automatic` goes
+    /// on without a working device, `required` refuses to become primary without one).
+    pub(super) fn arm_watchdog(
+        &mut self,
+        dynamic: &crate::config::dynamic::DynamicConfig,
+    ) -> Result<(), String> {
+        let timeout = crate::watchdog::watchdog_timeout(dynamic.ttl, self.safety_margin_s, dynamic.loop_wait);
+        let permit = match timeout {
+            Ok(t) => self.watchdog.activate_for_primary(t),
+            Err(e) => crate::watchdog::may_be_primary(self.watchdog.mode(), Err(e)),
+        };
+        match permit {
+            Permit::Yes | Permit::YesWithWarning(_) => {
+                self.watchdog_failed = false;
+                Ok(())
+            }
+            Permit::No(e) => {
+                self.watchdog_failed = true;
+                Err(format!("watchdog.mode is required and the watchdog does not work: {e}"))
+            }
+        }
+    }
+
+    /// Callbacks are not run for the bootstrap's own start (Patroni neither).
+    fn fire_unless_bootstrapping(&self, c: &ClusterState, event: CallbackEvent, role: &str) {
+        if c.initialize.as_ref().is_some_and(|i| i.system_identifier.is_some()) {
+            self.callbacks.fire(event, role);
+        }
     }
 
     async fn bootstrap(&mut self, c: &ClusterState) -> Result<(), String> {
@@ -243,6 +295,7 @@ impl HaLoop {
         session.promote(PROMOTE_TIMEOUT).await.map_err(err)?;
         self.local.promoted();
         self.extend_fence().await;
+        self.callbacks.fire(CallbackEvent::OnRoleChange, "primary");
         let reason = if c.switchover.is_some() { "switchover" } else { "failover" };
         let entry = HistoryEntry {
             timeline,

@@ -200,6 +200,9 @@ pub fn decide(obs: &Observation) -> Decision {
         None if member.tags.nofailover || member.tags.failover_priority == Some(0) => {
             return d(Action::None, Reason::Ineligible(Ineligible::NoFailover))
         }
+        None if obs.watchdog_blocks => {
+            return d(Action::None, Reason::Ineligible(Ineligible::WatchdogRequired))
+        }
         None => return d(Action::ClaimInitialize, Reason::Uninitialized),
         Some(init) if init.system_identifier.is_none() => {
             if &init.bootstrapper != obs.me {
@@ -296,6 +299,7 @@ pub fn decide(obs: &Observation) -> Decision {
                 LocalPg::Stopped { was_primary: true, clean: false, .. } => {
                     d(Action::CrashRecover, Reason::CrashedNoLease)
                 }
+                _ if obs.watchdog_blocks => d(Action::None, Reason::Ineligible(Ineligible::WatchdogRequired)),
                 _ => match eligibility::blocker(c, obs.me, pg.lsn(), obs.wall_now_ms) {
                     None => d(Action::AcquireLease { expected_epoch: c.last_epoch }, Reason::LeaseFree),
                     Some(why) => d(Action::None, Reason::Ineligible(why)),

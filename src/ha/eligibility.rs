@@ -38,6 +38,8 @@ pub enum Ineligible {
     },
     /// The pending switchover moves the primary role away from this member.
     SwitchingAway,
+    /// `watchdog.mode: required` and no working watchdog.
+    WatchdogRequired,
 }
 
 impl fmt::Display for Ineligible {
@@ -45,6 +47,9 @@ impl fmt::Display for Ineligible {
         match self {
             Ineligible::Witness => write!(f, "a witness holds no Postgres"),
             Ineligible::NoFailover => write!(f, "tagged nofailover"),
+            Ineligible::WatchdogRequired => {
+                write!(f, "watchdog.mode is required and the watchdog does not work")
+            }
             Ineligible::NoPosition => write!(f, "no WAL position known"),
             Ineligible::TooFarBehind { lag, max } => {
                 write!(f, "{lag} bytes behind the last primary position (maximum_lag_on_failover {max})")

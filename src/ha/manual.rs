@@ -6,6 +6,7 @@
 //! the fence re-armed on the new postmaster), a standby restarts following the same upstream.
 
 use super::act::COPY_TIMEOUT;
+use super::callbacks::CallbackEvent;
 use super::control::{Reply, Request, RequestError, RoleFilter};
 use super::local::RoleOf;
 use super::run::HaLoop;
@@ -137,10 +138,14 @@ impl HaLoop {
         }
         self.local.stop(StopMode::Fast, MANUAL_STOP).await.map_err(failed)?;
         self.disarm_fence();
+        if primary {
+            self.arm_watchdog(&c.config).map_err(refused)?;
+        }
         self.local.start(c, upstream.as_ref()).await.map_err(failed)?;
         if primary {
             self.extend_fence().await;
         }
+        self.callbacks.fire(CallbackEvent::OnRestart, if primary { "primary" } else { "replica" });
         Ok(())
     }
 

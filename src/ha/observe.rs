@@ -85,4 +85,7 @@ pub struct Observation<'a> {
     pub pg: &'a LocalPg,
     /// Wall-clock milliseconds, only to compare with a scheduled switchover's time.
     pub wall_now_ms: u64,
+    /// `watchdog.mode: required` and the watchdog does not work: this member may not become
+    /// primary (it must not bootstrap nor take a free lease).
+    pub watchdog_blocks: bool,
 }

@@ -8,6 +8,7 @@
 //! by the next observation; the loop only ends on shutdown, when it stops Postgres (a primary
 //! fast, then releasing its lease with the shutdown checkpoint).
 
+use super::callbacks::{CallbackEvent, CallbackRunner};
 use super::control::{self, HaControl, LoopSide, NodeView};
 use super::decide::{decide, Action, Decision};
 use super::local::LocalPostgres;
@@ -20,6 +21,7 @@ use crate::fence::Fence;
 use crate::pg::probe::PgProbe;
 use crate::pg::process::StopMode;
 use crate::types::{LeaseEpoch, MemberName};
+use crate::watchdog::Watchdog;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,6 +91,15 @@ impl WakeKey {
     }
 }
 
+/// What the HA loop takes from the local config besides Postgres.
+pub struct HaOptions {
+    /// `bootstrap.post_bootstrap`.
+    pub post_bootstrap: Option<PathBuf>,
+    pub watchdog: Watchdog,
+    pub callbacks: CallbackRunner,
+    pub safety_margin_s: u64,
+}
+
 /// The HA loop of one data member. Build with [`HaLoop::new`], run with [`HaLoop::run`].
 pub struct HaLoop {
     pub(super) me: MemberName,
@@ -98,11 +109,18 @@ pub struct HaLoop {
     /// Whether the fence was told a pid to kill (and not disarmed since).
     pub(super) fence_armed: bool,
     pub(super) post_bootstrap: Option<PathBuf>,
+    /// Armed while this node is (becoming) primary, kept alive with each accepted renewal.
+    pub(super) watchdog: Watchdog,
+    pub(super) callbacks: CallbackRunner,
+    /// This node's `watchdog.safety_margin`, seconds (the watchdog timeout derives from it).
+    pub(super) safety_margin_s: u64,
     control: LoopSide,
     /// The last published view, for progress updates between iterations.
     last_view: Option<Arc<NodeView>>,
     pub(super) restart_in_progress: Option<RestartInProgress>,
     pub(super) reinitializing: bool,
+    /// `watchdog.mode: required` refused the last attempt to become primary.
+    pub(super) watchdog_failed: bool,
     last_report: Option<(MemberStatus, clock::BootInstant)>,
     /// The slot names last ensured on our primary (re-done when the wanted set changes).
     slots: Option<Vec<String>>,
@@ -115,8 +133,9 @@ impl HaLoop {
         handle: Handle,
         local: LocalPostgres,
         fence: Arc<dyn Fence>,
-        post_bootstrap: Option<PathBuf>,
+        options: HaOptions,
     ) -> (HaLoop, HaControl) {
+        let HaOptions { post_bootstrap, watchdog, callbacks, safety_margin_s } = options;
         let (api_side, loop_side) = control::channels();
         let ha = HaLoop {
             me,
@@ -125,10 +144,14 @@ impl HaLoop {
             fence,
             fence_armed: false,
             post_bootstrap,
+            watchdog,
+            callbacks,
+            safety_margin_s,
             control: loop_side,
             last_view: None,
             restart_in_progress: None,
             reinitializing: false,
+            watchdog_failed: false,
             last_report: None,
             slots: None,
         };
@@ -166,8 +189,14 @@ impl HaLoop {
                 self.disarm_fence();
             }
             let now_ms = clock::wall_now_ms();
-            let obs =
-                Observation { me: &self.me, cluster: &cluster, lease: &lease, pg: &pg, wall_now_ms: now_ms };
+            let obs = Observation {
+                me: &self.me,
+                cluster: &cluster,
+                lease: &lease,
+                pg: &pg,
+                wall_now_ms: now_ms,
+                watchdog_blocks: self.watchdog_blocks(),
+            };
             // Decide.
             let decision = decide(&obs);
             if last_decision.as_ref() != Some(&decision) {
@@ -201,7 +230,7 @@ impl HaLoop {
                 wall_ms: now_ms,
                 restarting: self.restart_in_progress.is_some(),
                 reinitializing: false,
-                watchdog_failed: false,
+                watchdog_failed: self.watchdog_blocks(),
             });
             last_decision = Some(decision);
 
@@ -240,6 +269,13 @@ impl HaLoop {
                 progress.reply.send(Err(control::RequestError::Unavailable("pgha is shutting down".into())));
         }
         self.shut_down().await;
+    }
+
+    /// Required mode and a device that failed to arm, or that is plainly unusable.
+    fn watchdog_blocks(&self) -> bool {
+        self.watchdog.mode() == crate::config::file::WatchdogMode::Required
+            && (self.watchdog_failed
+                || !self.watchdog.is_healthy_for(crate::config::file::WatchdogMode::Required))
     }
 
     fn publish(&mut self, view: NodeView) {
@@ -315,7 +351,13 @@ impl HaLoop {
     async fn shut_down(&mut self) {
         let was_primary = self.local.runs_as_primary();
         match self.local.stop(StopMode::Fast, SHUTDOWN_STOP).await {
-            Ok(_) => self.disarm_fence(),
+            Ok(stopped) => {
+                self.disarm_fence();
+                if stopped.is_some() {
+                    self.callbacks
+                        .fire(CallbackEvent::OnStop, if was_primary { "primary" } else { "replica" });
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot stop Postgres at shutdown");
                 return;

@@ -23,6 +23,7 @@ struct Case {
     me: MemberName,
     deadline: bool,
     pg: LocalPg,
+    watchdog_blocks: bool,
 }
 
 fn running(role: PgRole, lsn: u64, upstream: Option<&str>) -> LocalPg {
@@ -99,7 +100,7 @@ impl Case {
             ca: CaMaterial { cert_pem: String::new(), key_pem: String::new() },
             secrets: Default::default(),
         };
-        Case { state, me: n("n2"), deadline: false, pg: replica_of("n1", 100) }
+        Case { state, me: n("n2"), deadline: false, pg: replica_of("n1", 100), watchdog_blocks: false }
     }
     fn me(mut self, m: &str) -> Self {
         self.me = n(m);
@@ -150,6 +151,10 @@ impl Case {
         self.state.members.get_mut(&n(m)).unwrap().witness = true;
         self
     }
+    fn watchdog_broken(mut self) -> Self {
+        self.watchdog_blocks = true;
+        self
+    }
     fn paused(mut self) -> Self {
         self.state.config.pause = true;
         self
@@ -196,6 +201,7 @@ impl Case {
             lease: &lease,
             pg: &self.pg,
             wall_now_ms: NOW,
+            watchdog_blocks: self.watchdog_blocks,
         })
     }
 }
@@ -223,6 +229,16 @@ fn decisions() {
         (
             "uninitialized and nofailover: never bootstrap (it could not take the lease)",
             Case::three().uninitialized(Option::None).tag("n2", |t| t.nofailover = true).pg(LocalPg::Absent),
+            None,
+        ),
+        (
+            "uninitialized and the required watchdog does not work: never bootstrap",
+            Case::three().uninitialized(Option::None).watchdog_broken().pg(LocalPg::Absent),
+            None,
+        ),
+        (
+            "lease free but the required watchdog does not work: do not take it",
+            Case::three().pg(replica_of("n1", 100)).watchdog_broken(),
             None,
         ),
         (

@@ -227,6 +227,10 @@ impl Watchdog {
         }
     }
 
+    pub fn mode(&self) -> WatchdogMode {
+        self.mode
+    }
+
     /// The device is open and armed.
     pub fn is_active(&self) -> bool {
         self.device.is_some()
@@ -317,7 +321,7 @@ impl Drop for Watchdog {
 
 /// What [`Watchdog`] needs from an open device: `linux::Device`, or a fake in the tests (no
 /// test may open a real watchdog).
-trait Driver: Send + std::fmt::Debug {
+trait Driver: Send + Sync + std::fmt::Debug {
     /// The driver's name (and firmware), for the log.
     fn describe(&self) -> String;
     fn can_set_timeout(&self) -> bool;

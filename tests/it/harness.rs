@@ -313,7 +313,8 @@ parameters:\n    shared_buffers: 16MB\n    max_connections: 20\n\
 proxy:\n  listen: 127.0.0.1:{w}\n  replicas_listen: 127.0.0.1:{r}\n\
 tls:\n  cafile: {d}/tls/ca.crt\n  certfile: {d}/tls/node.crt\n  keyfile: {d}/tls/node.key\n\
 ctl:\n  certfile: {d}/tls/ctl.crt\n  keyfile: {d}/tls/ctl.key\n  cacert: {d}/tls/ca.crt\n\
-watchdog:\n  mode: off\n{extra}",
+{watchdog}{extra}",
+            watchdog = if extra.contains("watchdog:") { "" } else { "watchdog:\n  mode: off\n" },
             user = self.user,
             api = p[0],
             raft = p[1],

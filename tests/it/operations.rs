@@ -202,3 +202,89 @@ fn reinit_of_a_replica_reclones_it_and_it_streams_again_with_all_the_data() {
     wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
     wait_row(&c, r, "SELECT count(*) FROM it_t", "5001");
 }
+
+/// Callbacks run with Patroni's arguments (`<action> <role> <scope>`): a replica's start, a
+/// manual restart, a promotion and the old primary's stop.
+#[test]
+fn callbacks_receive_action_role_and_scope() {
+    let mut c = Cluster::empty();
+    // One log per node: the script is shared, so it writes where its node name says.
+    for name in ["node1", "node2", "node3"] {
+        let node_script = c.root.join(format!("cb-{name}.sh"));
+        std::fs::write(
+            &node_script,
+            format!("#!/bin/sh\necho \"$@\" >> \"{}/cb-{name}.log\"\n", c.root.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&node_script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let s = node_script.display();
+        c.add_node_as(
+            name,
+            name,
+            &format!(
+                "callbacks:\n  on_start: {s}\n  on_stop: {s}\n  on_restart: {s}\n  on_role_change: {s}\n"
+            ),
+        );
+    }
+    // The log files are written by the service user.
+    std::fs::set_permissions(&c.root, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    c.form();
+    let p = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    let r = (0..3).find(|&i| i != p).unwrap();
+    let log = |i: usize| {
+        std::fs::read_to_string(c.root.join(format!("cb-{}.log", c.nodes[i].name))).unwrap_or_default()
+    };
+    let wait_line = |i: usize, line: &str| {
+        wait_until(APPLY, &format!("{} runs the callback {line:?}", c.nodes[i].name), || {
+            let text = log(i);
+            text.lines().any(|l| l == line).then_some(()).ok_or(text)
+        })
+    };
+    let scope = crate::harness::SCOPE;
+    wait_line(r, &format!("on_start replica {scope}"));
+    assert!(!log(p).contains("on_start"), "no callback for the bootstrap's own start: {}", log(p));
+    let name = c.nodes[r].name.clone();
+    let out = c.ctl(p, &["restart", &name, "--force"]);
+    assert!(out.status.success(), "{}", show(&out));
+    wait_line(r, &format!("on_restart replica {scope}"));
+    let out = c.ctl(p, &["switchover", "--candidate", &name, "--force"]);
+    eprintln!("switchover: {}", show(&out));
+    wait_line(r, &format!("on_role_change primary {scope}"));
+    wait_line(p, &format!("on_stop primary {scope}"));
+}
+
+/// `watchdog.mode: required` with no working device: the member never becomes primary, says
+/// why in `/patroni`, and the cluster waits for a member that may.
+#[test]
+fn a_member_that_requires_a_missing_watchdog_is_never_promoted() {
+    let mut c = Cluster::empty();
+    c.add_node("node1");
+    let strict =
+        c.add_node_as("node2", "node2", "watchdog:\n  mode: required\n  device: /nonexistent/watchdog\n");
+    c.form();
+    let w = c.add_node_as("node3", "node3", "witness: true\n");
+    let token = c.token(0);
+    let out = c.join(w, &token, &["--witness"]);
+    assert!(out.status.success(), "join --witness: {}", show(&out));
+    c.start(w);
+    c.settle(0, &[0, 1, w]);
+    let p = wait_primary_with_streaming_replicas(&c, &[0, 1], FORM);
+    assert_eq!(p, 0, "node2 cannot bootstrap or take the lease without its watchdog");
+    psql(&c, p, "CREATE TABLE it_t (x int); INSERT INTO it_t VALUES (1)").unwrap();
+    wait_row(&c, strict, "SELECT count(*) FROM it_t", "1");
+    c.kill9(p);
+    wait_until(APPLY, "node2 reports the failed watchdog", || {
+        let v = c.api_get(strict, "/patroni")?;
+        (v["watchdog_failed"] == true).then_some(()).ok_or(v.to_string())
+    });
+    // Longer than the lease ttl (10 s): time enough for a wrong promotion.
+    crate::postgres::never_writable(
+        &c,
+        &[strict],
+        Duration::from_secs(15),
+        "its required watchdog does not work",
+    );
+    c.start(p);
+    let back = wait_primary_with_streaming_replicas(&c, &[0, 1], FORM);
+    assert_eq!(back, 0);
+}

@@ -241,7 +241,7 @@ fn writable(c: &Cluster, i: usize) -> bool {
 }
 
 /// Watches `nodes` for `span`; panics if one of them becomes writable.
-fn never_writable(c: &Cluster, nodes: &[usize], span: Duration, why: &str) {
+pub(crate) fn never_writable(c: &Cluster, nodes: &[usize], span: Duration, why: &str) {
     let start = pgha::clock::boot_now();
     while crate::harness::elapsed(start) < span {
         for &i in nodes {
