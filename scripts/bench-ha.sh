@@ -24,7 +24,7 @@ declare -a STARTED=()
 cleanup() {
   [ -n "$writer_pid" ] && kill "$writer_pid" 2>/dev/null || true
   for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  [ -n "$demo_pid" ] && kill -INT "$demo_pid" 2>/dev/null || true
+  [ -n "$demo_pid" ] && kill -TERM "$demo_pid" 2>/dev/null || true
   for p in "${STARTED[@]}" $demo_pid; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
