@@ -9,9 +9,9 @@ use std::time::Duration;
 
 /// Defaults are chosen for fast failover on a LAN without false alarms; the reasoning lives in
 /// docs/defaults.md. Patroni's are 30/10/10.
-pub const DEFAULT_TTL_S: u64 = 10;
+pub const DEFAULT_TTL_S: u64 = 4;
 pub const DEFAULT_LOOP_WAIT_S: u64 = 1;
-pub const DEFAULT_RETRY_TIMEOUT_S: u64 = 3;
+pub const DEFAULT_RETRY_TIMEOUT_S: u64 = 1;
 /// Patroni's default: 1 MiB.
 pub const DEFAULT_MAX_LAG_ON_FAILOVER: u64 = 1024 * 1024;
 
@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_with_default_margin() {
-        DynamicConfig::default().validate(2).unwrap();
+        DynamicConfig::default().validate(crate::config::file::DEFAULT_SAFETY_MARGIN_S).unwrap();
     }
 
     #[test]

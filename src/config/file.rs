@@ -46,8 +46,8 @@ pub const DEFAULT_CTL_KEY_FILE: &str = "/etc/pgha/ctl.key";
 pub const DEFAULT_WATCHDOG_DEVICE: &str = "/dev/watchdog";
 /// Seconds the primary's own deadline ends before the Raft side may expire its lease, covering
 /// renewal latency and clock-rate differences (DESIGN.md "The lease", rule 1). Patroni uses 5
-/// with ttl 30; our default ttl is 10 (config::dynamic).
-pub const DEFAULT_SAFETY_MARGIN_S: u64 = 2;
+/// with ttl 30; our default ttl is 4 (config::dynamic, docs/defaults.md).
+pub const DEFAULT_SAFETY_MARGIN_S: u64 = 1;
 /// Role names Patroni's documentation uses, so existing pg_hba rules and habits carry over.
 pub const DEFAULT_SUPERUSER: &str = "postgres";
 pub const DEFAULT_REPLICATION_USER: &str = "replicator";
@@ -581,7 +581,7 @@ bootstrap:
         assert_eq!(c.ctl.cacert, Path::new("/etc/pgha/ca.crt"));
         assert_eq!(c.tags, Tags::default());
         assert_eq!(c.watchdog.mode, WatchdogMode::Automatic);
-        assert_eq!(c.watchdog.safety_margin, 2);
+        assert_eq!(c.watchdog.safety_margin, 1);
         assert_eq!(c.log.level, LogLevel::Info);
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.bootstrap.dcs, DynamicConfig::default());

@@ -434,7 +434,7 @@ mod tests {
             ),
             (
                 "ttl too short in bootstrap.dcs",
-                with("bootstrap: {dcs: {ttl: 5}}"),
+                with("bootstrap: {dcs: {ttl: 3}}"),
                 Invalid("bootstrap.dcs.ttl"),
             ),
             (

@@ -300,6 +300,10 @@ pub fn decide(obs: &Observation) -> Decision {
                     d(Action::CrashRecover, Reason::CrashedNoLease)
                 }
                 _ if obs.watchdog_blocks => d(Action::None, Reason::Ineligible(Ineligible::WatchdogRequired)),
+                _ if eligibility::timeline_blocker(c, pg.timeline()).is_some() => d(
+                    Action::None,
+                    Reason::Ineligible(eligibility::timeline_blocker(c, pg.timeline()).expect("checked")),
+                ),
                 _ => match eligibility::blocker(c, obs.me, pg.lsn(), obs.wall_now_ms) {
                     None => d(Action::AcquireLease { expected_epoch: c.last_epoch }, Reason::LeaseFree),
                     Some(why) => d(Action::None, Reason::Ineligible(why)),

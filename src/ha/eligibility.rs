@@ -6,7 +6,7 @@
 //! for the ones the replicated state can judge, so a stale local view can propose but not win.
 
 use crate::dcs::state::{ClusterState, Member};
-use crate::types::{Lsn, MemberName};
+use crate::types::{Lsn, MemberName, Timeline};
 use std::fmt;
 
 /// A member status older than this is not evidence of anything (the member may be dead).
@@ -40,6 +40,11 @@ pub enum Ineligible {
     SwitchingAway,
     /// `watchdog.mode: required` and no working watchdog.
     WatchdogRequired,
+    /// This member has not reached the newest timeline in the history yet.
+    OldTimeline {
+        mine: Timeline,
+        current: Timeline,
+    },
 }
 
 impl fmt::Display for Ineligible {
@@ -47,6 +52,10 @@ impl fmt::Display for Ineligible {
         match self {
             Ineligible::Witness => write!(f, "a witness holds no Postgres"),
             Ineligible::NoFailover => write!(f, "tagged nofailover"),
+            Ineligible::OldTimeline { mine, current } => write!(
+                f,
+                "on timeline {mine}, not yet on the cluster's timeline {current} (promoting would reuse a timeline id)"
+            ),
             Ineligible::WatchdogRequired => {
                 write!(f, "watchdog.mode is required and the watchdog does not work")
             }
@@ -98,6 +107,18 @@ pub fn known_primary_position(cluster: &ClusterState, wall_now_ms: u64) -> Optio
         .filter_map(|s| s.receive_lsn.max(s.replay_lsn))
         .max();
     cluster.last_primary_lsn.max(streamed)
+}
+
+/// A member still on an older timeline than the newest one the history records must not be
+/// promoted: Postgres would pick the id of the timeline it has not seen (the last primary's) for
+/// its own, and two different histories under one timeline id defeat pg_rewind and streaming.
+/// It happens when a primary dies right after its promotion, before its replicas switched.
+pub fn timeline_blocker(cluster: &ClusterState, mine: Option<Timeline>) -> Option<Ineligible> {
+    let current = Timeline(cluster.history.last().map_or(1, |h| h.timeline.0 + 1));
+    match mine {
+        Some(mine) if mine < current => Some(Ineligible::OldTimeline { mine, current }),
+        _ => None,
+    }
 }
 
 /// Why `me` must not take the lease, or `None` if it may try.

@@ -123,6 +123,10 @@ pub struct LocalPostgres {
     postmaster: Option<Postmaster>,
     /// The member the running postmaster was told to stream from (`None`: primary).
     upstream: Option<MemberName>,
+    /// The newest timeline this standby's walreceiver has flushed WAL of since it started. When
+    /// the walreceiver stops (its primary died), the control file still names an older one
+    /// until the next restartpoint, and the replica would look further behind than it is.
+    seen_timeline: Option<crate::types::Timeline>,
     /// The configuration files as last written (`pgha.conf`, `pg_hba.conf`), to tell when the
     /// replicated config changed them.
     written: Option<(String, String)>,
@@ -151,6 +155,7 @@ impl LocalPostgres {
             postmaster: None,
             upstream: None,
             written: None,
+            seen_timeline: None,
         })
     }
 
@@ -222,7 +227,10 @@ impl LocalPostgres {
                 Ok(None) => {
                     return match self.session(Some(cluster)).await {
                         Ok(session) => match session.probe().await {
-                            Ok(p) => (from_probe(&p, self.upstream.as_ref(), cluster), Some(p)),
+                            Ok(mut p) => {
+                                self.remember_timeline(&mut p);
+                                (from_probe(&p, self.upstream.as_ref(), cluster), Some(p))
+                            }
                             Err(e) => {
                                 tracing::debug!(error = %e, "Postgres does not answer the probe yet");
                                 (LocalPg::Starting, None)
@@ -391,6 +399,7 @@ impl LocalPostgres {
             .await
             .map_err(|e| e.to_string())?;
         self.postmaster = Some(pm);
+        self.seen_timeline = None;
         self.upstream = follow.cloned();
         Ok(())
     }
@@ -413,6 +422,17 @@ impl LocalPostgres {
     /// standby: the next refresh rewrites them).
     pub fn promoted(&mut self) {
         self.upstream = None;
+    }
+
+    /// On a standby: the probe's timeline is at least the newest one its walreceiver flushed.
+    fn remember_timeline(&mut self, p: &mut PgProbe) {
+        if !p.in_recovery {
+            self.seen_timeline = None;
+            return;
+        }
+        let tl = self.seen_timeline.map_or(p.timeline, |seen| seen.max(p.timeline));
+        self.seen_timeline = Some(tl);
+        p.timeline = tl;
     }
 
     /// The member the running standby streams from.

@@ -35,6 +35,8 @@ const REPORT_EVERY: Duration = Duration::from_secs(3);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The shortest pause between iterations woken by state changes (bounds a busy loop).
 const MIN_PAUSE: Duration = Duration::from_millis(50);
+/// The primary moves Raft leadership away at most this often.
+const LEADER_MOVE_EVERY: Duration = Duration::from_secs(10);
 /// Bound of the clean stop at shutdown.
 const SHUTDOWN_STOP: Duration = Duration::from_secs(60);
 
@@ -121,6 +123,8 @@ pub struct HaLoop {
     pub(super) reinitializing: bool,
     /// `watchdog.mode: required` refused the last attempt to become primary.
     pub(super) watchdog_failed: bool,
+    /// When this primary last handed Raft leadership away.
+    last_leader_move: Option<clock::BootInstant>,
     last_report: Option<(MemberStatus, clock::BootInstant)>,
     /// The slot names last ensured on our primary (re-done when the wanted set changes).
     slots: Option<Vec<String>>,
@@ -152,6 +156,7 @@ impl HaLoop {
             restart_in_progress: None,
             reinitializing: false,
             watchdog_failed: false,
+            last_leader_move: None,
             last_report: None,
             slots: None,
         };
@@ -205,8 +210,12 @@ impl HaLoop {
                 tracing::debug!(member = %self.me, "{decision}");
             }
             // Act.
-            if let Err(e) = self.act(&decision.action, &cluster, &pg).await {
-                tracing::warn!(member = %self.me, action = ?decision.action, "failed: {e}");
+            match self.act(&decision.action, &cluster, &pg).await {
+                Err(e) => tracing::warn!(member = %self.me, action = ?decision.action, "failed: {e}"),
+                Ok(()) if matches!(decision.action, Action::RenewLease { .. }) && pg.is_running_primary() => {
+                    self.keep_raft_leader_elsewhere().await
+                }
+                Ok(()) => {}
             }
             if matches!(decision.action, Action::None | Action::RenewLease { .. }) {
                 // A changed replicated config reaches the running server (after the action:
@@ -269,6 +278,34 @@ impl HaLoop {
                 progress.reply.send(Err(control::RequestError::Unavailable("pgha is shutting down".into())));
         }
         self.shut_down().await;
+    }
+
+    /// On the primary, right after an accepted renewal: if this node also leads Raft, hand Raft
+    /// leadership to a caught-up voter. A crash of the primary's machine then costs only the
+    /// lease's ttl, not a Raft election first (a new Raft leader restarts every expiry timer
+    /// with a full ttl). Only to a peer that has the whole log, so the transfer completes at
+    /// once and renewals are not held up; at most once per `LEADER_MOVE_EVERY`.
+    async fn keep_raft_leader_elsewhere(&mut self) {
+        let now = clock::boot_now();
+        if self.last_leader_move.is_some_and(|at| now.saturating_since(at) < LEADER_MOVE_EVERY) {
+            return;
+        }
+        let Ok(status) = self.handle.status().await else { return };
+        if status.role != crate::dcs::status::RaftRole::Leader {
+            return;
+        }
+        let Some(to) = status
+            .progress
+            .iter()
+            .find(|p| p.id != status.id && !p.learner && p.matched >= status.last_index)
+        else {
+            return;
+        };
+        self.last_leader_move = Some(now);
+        match self.handle.transfer_leader(to.id).await {
+            Ok(()) => tracing::info!(to = %to.id, "moved Raft leadership off the primary"),
+            Err(e) => tracing::debug!(error = %e, "cannot move Raft leadership off the primary"),
+        }
     }
 
     /// Required mode and a device that failed to arm, or that is plainly unusable.

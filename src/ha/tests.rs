@@ -36,6 +36,12 @@ fn running(role: PgRole, lsn: u64, upstream: Option<&str>) -> LocalPg {
         streaming: upstream.is_some(),
     }
 }
+fn on_timeline(mut pg: LocalPg, tl: u32) -> LocalPg {
+    if let LocalPg::Running { timeline, .. } | LocalPg::Stopped { timeline, .. } = &mut pg {
+        *timeline = Timeline(tl);
+    }
+    pg
+}
 fn primary(lsn: u64) -> LocalPg {
     running(PgRole::Primary, lsn, None)
 }
@@ -240,6 +246,16 @@ fn decisions() {
             "lease free but the required watchdog does not work: do not take it",
             Case::three().pg(replica_of("n1", 100)).watchdog_broken(),
             None,
+        ),
+        (
+            "lease free, but still on a timeline the history says ended: not eligible",
+            Case::three().history(1, 50).pg(replica_of("n1", 100)),
+            None,
+        ),
+        (
+            "lease free, on the newest timeline: acquire",
+            Case::three().history(1, 50).pg(on_timeline(replica_of("n1", 100), 2)),
+            AcquireLease { expected_epoch: LeaseEpoch(0) },
         ),
         (
             "another member bootstraps: wait",

@@ -98,6 +98,9 @@ const HA_DEFAULTS: &[(&str, &str)] = &[
     ("max_wal_senders", "10"),
     ("max_replication_slots", "10"),
     ("wal_keep_size", "128MB"),
+    // After a failover a replica's walreceiver retries its new upstream this often (Postgres's
+    // default, 5 s, would add up to 5 s before replicas follow the new primary's timeline).
+    ("wal_retrieve_retry_interval", "1s"),
 ];
 
 /// `wal_level` values that keep streaming replication working (`archive` and `hot_standby`
@@ -184,12 +187,13 @@ impl Parameters {
         own("wal_log_hints", "on".into());
         // The postmaster's stderr is pgha's log file, which start failures are explained from.
         own("logging_collector", "off".into());
+        // Written for both roles: removing it after a promotion would mark it pending restart.
+        own("recovery_target_timeline", "latest".into());
         own("synchronous_standby_names", input.synchronous_standby_names.unwrap_or("").to_owned());
         match input.follow {
             Some(follow) => {
                 own("primary_conninfo", follow.primary_conninfo.render());
                 own("primary_slot_name", follow.slot.clone().unwrap_or_default());
-                own("recovery_target_timeline", "latest".into());
             }
             None => {
                 // Written empty, not left out: a reload then clears what a replica had.
@@ -368,7 +372,11 @@ mod tests {
             assert_eq!(p.get(name), Some(value), "{name}");
             assert_eq!(p.origin(name), Some(origin), "{name}");
         }
-        assert_eq!(p.get("recovery_target_timeline"), None);
+        assert_eq!(
+            p.get("recovery_target_timeline"),
+            Some("latest"),
+            "both roles: no pending restart on promotion"
+        );
     }
 
     #[test]
@@ -483,10 +491,7 @@ mod tests {
     fn changed_names_are_listed() {
         let before = Case::new().dynamic("work_mem", json!("4MB")).build().unwrap();
         let after = Case::new().dynamic("shared_buffers", json!("1GB")).following(None).build().unwrap();
-        assert_eq!(
-            after.changed_since(&before),
-            vec!["primary_conninfo", "recovery_target_timeline", "shared_buffers", "work_mem"]
-        );
+        assert_eq!(after.changed_since(&before), vec!["primary_conninfo", "shared_buffers", "work_mem"]);
         assert!(after.changed_since(&after).is_empty());
     }
 }
