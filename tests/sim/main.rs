@@ -43,8 +43,14 @@ mod chaos;
 mod check;
 mod control;
 mod ha;
+mod ha_act;
+mod ha_loop;
 mod net;
 mod node;
+mod pg_chaos;
+mod pg_scenarios;
+mod pg_world;
+mod postgres;
 mod raft_log;
 mod rng;
 mod scenarios;
@@ -81,6 +87,48 @@ fn run_seeds(test_name: &'static str, members: u64, default: u64) {
     );
 }
 
+/// The HA-loop mode's seeds, as `run_seeds`.
+#[allow(clippy::disallowed_methods)] // wall time only for the printed summary
+fn run_pg_seeds(test_name: &'static str, members: u64, default: u64) {
+    let seeds: Vec<u64> = match env_u64("SIM_SEED") {
+        Some(s) => vec![s],
+        None => (1..=env_u64("SIM_SEEDS").unwrap_or(default)).collect(),
+    };
+    let started = Instant::now();
+    let (mut steps, mut faults, mut epochs, mut virt) = (0, 0, 0, std::time::Duration::ZERO);
+    let mut stats = pg_world::PgStats::default();
+    for seed in &seeds {
+        let r = pg_chaos::run_seed(test_name, *seed, members);
+        steps += r.steps;
+        faults += r.faults;
+        epochs += r.epochs;
+        virt += r.virtual_time;
+        stats.writes += r.stats.writes;
+        stats.promotions += r.stats.promotions;
+        stats.fence_kills += r.stats.fence_kills;
+        stats.stale_view_promotions += r.stats.stale_view_promotions;
+        stats.stuck_standbys += r.stats.stuck_standbys;
+        stats.steered_starts += r.stats.steered_starts;
+    }
+    eprintln!(
+        "{test_name}: {} seeds, {steps} steps, {faults} faults, {epochs} lease epochs, {} primaries, {} fence kills, {} promotions a fresher view would have refused, {} standbys left stuck and {} starts steered around known bugs, {} writes, {:.0} s virtual in {:.1} s",
+        seeds.len(),
+        stats.promotions,
+        stats.fence_kills,
+        stats.stale_view_promotions,
+        stats.stuck_standbys,
+        stats.steered_starts,
+        stats.writes,
+        virt.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn three_data_members_run_the_real_decide_under_faults() {
+    run_pg_seeds("three_data_members_run_the_real_decide_under_faults", 3, 100);
+}
+
 #[test]
 fn three_members_survive_random_faults() {
     run_seeds("three_members_survive_random_faults", 3, 200);
@@ -95,5 +143,13 @@ fn five_members_survive_random_faults() {
 fn the_same_seed_replays_the_same_trace() {
     let a = chaos::run_seed("the_same_seed_replays_the_same_trace", 7, 3);
     let b = chaos::run_seed("the_same_seed_replays_the_same_trace", 7, 3);
+    assert_eq!((a.trace, a.steps), (b.trace, b.steps), "seed 7 ran differently twice");
+}
+
+#[test]
+fn the_same_seed_replays_the_same_trace_with_data_members() {
+    let test_name = "the_same_seed_replays_the_same_trace_with_data_members";
+    let a = pg_chaos::run_seed(test_name, 7, 3);
+    let b = pg_chaos::run_seed(test_name, 7, 3);
     assert_eq!((a.trace, a.steps), (b.trace, b.steps), "seed 7 ran differently twice");
 }

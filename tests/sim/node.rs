@@ -7,6 +7,7 @@
 //! keeps running (`CLOCK_BOOTTIME`), but it neither ticks nor handles messages, which queue.
 
 use crate::ha::LeaseClient;
+use crate::ha_loop::DataMember;
 use pgha::clock::BootInstant;
 use pgha::dcs::mem_store::MemLogStore;
 use pgha::dcs::node::{CoreConfig, RaftCore};
@@ -21,6 +22,8 @@ pub const TICK_US: u64 = 100_000;
 const EVENTS_KEPT: usize = 30;
 /// Messages a paused member's socket buffers hold before new ones are lost.
 const INBOX_LIMIT: usize = 4096;
+/// Wall-clock time at virtual time 0 (November 2023).
+const WALL_EPOCH_MS: u64 = 1_700_000_000_000;
 
 #[derive(Clone, Copy, Debug)]
 pub struct NodeClock {
@@ -39,6 +42,12 @@ impl NodeClock {
         let Some(d) = local_us.checked_sub(self.offset_us) else { return 0 };
         let rate = (1_000_000 + self.ppm) as u128;
         (u128::from(d) * 1_000_000).div_ceil(rate) as u64
+    }
+
+    /// The member's wall clock in milliseconds since the epoch: NTP keeps wall clocks close, so
+    /// they share an origin and differ only by the rate.
+    pub fn wall_ms(&self, virtual_us: u64) -> u64 {
+        WALL_EPOCH_MS + (self.local_us(virtual_us) - self.offset_us) / 1000
     }
 
     pub fn instant(&self, virtual_us: u64) -> BootInstant {
@@ -60,6 +69,8 @@ pub struct SimNode {
     pub next_tick_local: u64,
     pub next_ha_local: u64,
     pub ha: LeaseClient,
+    /// In the HA-loop mode: the member's Postgres and the state of its real-decide HA loop.
+    pub data: Option<DataMember>,
     pub cfg: CoreConfig,
     pub incarnation: u32,
     pub was_leader: bool,
@@ -101,7 +112,12 @@ impl SimNode {
             return None;
         }
         let tick = self.clock.virtual_at(self.next_tick_local);
-        let ha = if self.ha.enabled { self.clock.virtual_at(self.next_ha_local) } else { u64::MAX };
+        let ha = match &self.data {
+            Some(d) => d.next_local(self.next_ha_local),
+            None if self.ha.enabled => self.next_ha_local,
+            None => u64::MAX,
+        };
+        let ha = if ha == u64::MAX { ha } else { self.clock.virtual_at(ha) };
         Some(tick.min(ha))
     }
 
@@ -155,8 +171,9 @@ impl SimNode {
                 )
             }
         };
+        let data = self.data.as_ref().map(|d| format!("\n      {}", d.describe())).unwrap_or_default();
         format!(
-            "{} (id {}, clock {:+} ppm, incarnation {}, local {:?}): {status}",
+            "{} (id {}, clock {:+} ppm, incarnation {}, local {:?}): {status}{data}",
             self.name,
             self.id,
             self.clock.ppm,
