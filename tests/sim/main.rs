@@ -47,6 +47,7 @@ mod ha_act;
 mod ha_loop;
 mod net;
 mod node;
+mod pg_bugs;
 mod pg_chaos;
 mod pg_scenarios;
 mod pg_world;
