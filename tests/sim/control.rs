@@ -136,6 +136,13 @@ impl Sim {
         }
     }
 
+    /// Clock-rate jitter: from now on the member's clock runs at 1 + `ppm` / 10⁶.
+    pub fn set_clock_rate(&mut self, id: u64, ppm: i64) {
+        let v = self.now;
+        self.nodes.get_mut(&id).expect("member exists").clock.set_rate(v, ppm);
+        self.note(id, format!("fault: clock rate now {ppm:+} ppm"));
+    }
+
     pub fn set_ha(&mut self, id: u64, enabled: bool) {
         self.nodes.get_mut(&id).expect("member exists").ha.enabled = enabled;
     }

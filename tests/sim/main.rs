@@ -26,8 +26,9 @@
 //! Faults: message loss, delay, reordering, duplication, symmetric and one-way partitions,
 //! crash and restart from the store as the Ready loop left it (a crashed member's Postgres dies
 //! with it), pause (SIGSTOP; Postgres and the fencer go on) and resume, Raft leadership
-//! transfers; in the HA-loop mode also Postgres killed alone, pgha shut down cleanly and
-//! started again, and one member tagged `nofailover` in 40 % of the seeds.
+//! transfers; in the HA-loop mode also clock-rate jitter (a member's rate changes within the
+//! skew, its clock never jumps), Postgres killed alone, pgha shut down cleanly and started
+//! again, and one member tagged `nofailover` in 40 % of the seeds.
 //!
 //! Invariants, checked after every step (`sim.rs`, `check.rs`, `pg_world.rs`):
 //! 1. at most one member is writable by the lease at any virtual time (running or paused, with

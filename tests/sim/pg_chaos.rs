@@ -1,8 +1,8 @@
 //! Randomized runs of the HA-loop mode: data members with simulated Postgres, the real
 //! `ha::decide`, from an empty cluster (the initialize race, initdb, clones) through `CHAOS` of
 //! faults: those of the lease-client runs (partitions, one-way cuts, loss, crashes, restarts,
-//! pauses longer than the ttl, leadership transfers) plus Postgres killed alone and pgha shut
-//! down cleanly (then started again). Then the liveness phase turns every fault off, restarts
+//! pauses longer than the ttl, leadership transfers) plus clock-rate changes, Postgres killed
+//! alone and pgha shut down cleanly (then started again). Then the liveness phase turns every fault off, restarts
 //! and resumes everyone, and requires one primary with every other member streaming from it
 //! within `LIVENESS_BOUND`.
 
@@ -136,7 +136,14 @@ fn inject(sim: &mut Sim, dice: &mut Rng, later: &mut BTreeMap<u64, u64>) {
     let ids: Vec<u64> = sim.nodes.keys().copied().collect();
     let primary = ids.iter().copied().find(|id| sim.nodes[id].data.as_ref().is_some_and(|d| d.pg.writable()));
     match dice.range(0, 100) {
-        0..=79 => inject_fault(sim, dice, later),
+        0..=74 => inject_fault(sim, dice, later),
+        75..=79 => {
+            // Clock-rate jitter: a member's clock speeds up or slows down (within the skew).
+            let skew = sim.cfg.max_skew_ppm;
+            if let Some(&id) = dice.pick(&ids) {
+                sim.set_clock_rate(id, dice.range(0, 2 * skew + 1) as i64 - skew as i64);
+            }
+        }
         80..=91 => {
             // Postgres dies alone, more often the primary's.
             let id = primary.filter(|_| dice.chance(600)).or_else(|| dice.pick(&ids).copied());

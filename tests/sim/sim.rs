@@ -185,10 +185,8 @@ impl Sim {
     /// Adds a member with this store (bootstrapped, or empty for a joiner) and starts it.
     pub fn add_member(&mut self, id: u64, store: MemLogStore) {
         let skew = self.cfg.max_skew_ppm;
-        let clock = NodeClock {
-            offset_us: self.rng.range(0, 1_000_000_000),
-            ppm: self.rng.range(0, 2 * skew + 1) as i64 - skew as i64,
-        };
+        let offset_us = self.rng.range(0, 1_000_000_000);
+        let clock = NodeClock::new(offset_us, self.rng.range(0, 2 * skew + 1) as i64 - skew as i64);
         let mut cfg = CoreConfig::new(NodeId(id), name(id), self.cfg.ha.safety_margin);
         cfg.snapshot_every = self.cfg.snapshot_every;
         cfg.retain_entries = self.cfg.retain_entries;
