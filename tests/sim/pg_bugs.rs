@@ -184,9 +184,10 @@ fn a_holder_restarting_postgres_skips_a_renewal_and_its_fence_kills_the_start() 
 /// primary's Postgres is writable and unfenced. A pgha stopped right there (SIGSTOP, a hung
 /// runtime, a frozen VM that resumes pgha last) never fences it: its lease runs out, another
 /// member is promoted, two Postgres accept writes (invariant (a)). DESIGN.md rule 4 promises
-/// that a hung pgha is fenced. Arming the fence with the lease deadline *before* promoting or
-/// starting (killing a standby at that deadline is harmless) closes the window. The random
-/// runs never pause inside the 1 ms window; this test does.
+/// that a hung pgha is fenced. Only a working watchdog (armed at the acquire, not modelled
+/// here) would still reset the machine. Arming the fence with the lease deadline *before*
+/// promoting or starting (killing a standby at that deadline is harmless) closes the window.
+/// The random runs never pause inside the 1 ms window; this test does.
 #[test]
 #[ignore = "bug: pgha paused between pg_promote and extend_fence leaves a writable, unfenced Postgres"]
 fn a_pgha_paused_between_promote_and_fence_leaves_postgres_unfenced() {
