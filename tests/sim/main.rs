@@ -70,10 +70,11 @@
 //!
 //! Running: `cargo test --test sim` runs 200 seeds of 3 members and 100 of 5 in the
 //! lease-client mode (about 20 s of faults plus the liveness phase each), 100 seeds of 3 data
-//! members (40 s of faults each), and the named scenarios (`scenarios.rs`, `pg_scenarios.rs`);
-//! `SIM_SEEDS=n` runs n seeds each; `SIM_SEED=s cargo test --test sim <test>` replays one
-//! seed (a failure prints that command with the seed's configuration, each member's status and
-//! last events); `SIM_TRACE=1` prints every event, `SIM_TRACE=raft` raft-rs's own log too.
+//! members and 30 of 5 in the HA-loop mode (40 s of faults each), and the named scenarios
+//! (`scenarios.rs`, `pg_scenarios.rs`); `SIM_SEEDS=n` runs n seeds each; `SIM_SEED=s cargo
+//! test --test sim <test>` replays one seed (a failure prints that command with the seed's
+//! configuration, each member's status and last events); `SIM_TRACE=1` prints every event,
+//! `SIM_TRACE=raft` raft-rs's own log too.
 //! `bugs.rs` and `pg_bugs.rs` hold reproductions of bugs in `src/` found this way (those still
 //! open are `#[ignore]`d); the random runs steer around open ones unless
 //! `SIM_EXPOSE_KNOWN_BUGS=1` (each steering point names its test).
@@ -175,6 +176,11 @@ fn run_pg_seeds(test_name: &'static str, members: u64, default: u64) {
 #[test]
 fn three_data_members_run_the_real_decide_under_faults() {
     run_pg_seeds("three_data_members_run_the_real_decide_under_faults", 3, 100);
+}
+
+#[test]
+fn five_data_members_run_the_real_decide_under_faults() {
+    run_pg_seeds("five_data_members_run_the_real_decide_under_faults", 5, 30);
 }
 
 #[test]

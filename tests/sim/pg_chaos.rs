@@ -2,9 +2,9 @@
 //! `ha::decide`, from an empty cluster (the initialize race, initdb, clones) through `CHAOS` of
 //! faults: those of the lease-client runs (partitions, one-way cuts, loss, crashes, restarts,
 //! pauses longer than the ttl, leadership transfers) plus clock-rate changes, Postgres killed
-//! alone and pgha shut down cleanly (then started again). Then the liveness phase turns every fault off, restarts
-//! and resumes everyone, and requires one primary with every other member streaming from it
-//! within `LIVENESS_BOUND`.
+//! alone and pgha shut down cleanly (then started again). Then the liveness phase turns every
+//! fault off, restarts and resumes everyone, and requires one primary with every other member
+//! streaming from it within `LIVENESS_BOUND`.
 
 use crate::chaos::inject_fault;
 use crate::ha::HaConfig;
