@@ -2,7 +2,10 @@
 //! the real `ha::decide`, simulated Postgres). Each test is `#[ignore]`d with the bug named and
 //! passes once the bug is fixed: `cargo test --test sim pg_bugs -- --ignored`. The random runs
 //! (`pg_chaos.rs`) steer around them unless `SIM_EXPOSE_KNOWN_BUGS=1`; each steering point names
-//! the test here. Every test sets `expose_known_bugs`, so nothing is steered in them.
+//! the test here. Every test sets `expose_known_bugs`, so nothing is steered in them. "Seen at
+//! seed s" means `SIM_EXPOSE_KNOWN_BUGS=1 SIM_SEED=s cargo test --test sim
+//! three_data_members_run_the_real_decide_under_faults` shows it with the code of this commit
+//! (the seeds that first found them while the mode was built replay differently now).
 
 use crate::ha_act::Job;
 use crate::ha_loop::Wait;
@@ -32,8 +35,8 @@ fn isolate(sim: &mut Sim, id: u64) {
 /// primary's timeline from behind the old primary's end: two different WAL contents at the
 /// same LSNs of one timeline (invariant (c)). The old primary cannot tell (same timeline:
 /// `decide::diverged` and pg_rewind both say nothing to do) and would stream a history that is
-/// not its own. Found at seed 51 of `three_data_members_run_the_real_decide_under_faults`
-/// (n1's Postgres killed while its acquire was in flight). Patroni starts such a member as a
+/// not its own. Found by the random runs (a standby's Postgres killed while its acquire was in
+/// flight); seen at seeds 425, 438 and 570. Patroni starts such a member as a
 /// standby and promotes it; pgha should do the same (start as a standby of nobody, then
 /// `Promote`), or refuse a free lease to a stopped standby directory.
 #[test]
@@ -69,8 +72,8 @@ fn a_standby_directory_started_as_primary_forks_its_timeline() {
 /// primary did: a nofailover standby, or one whose report the winner did not see) follows the
 /// new primary by name, but its WAL receiver is refused ("new timeline 2 forked off current
 /// database system timeline 1 before current recovery point"), for ever: `Following` with no
-/// action. Found at seed 1 of `three_data_members_run_the_real_decide_under_faults` (a
-/// nofailover standby ahead). Patroni rewinds such standbys too; pgha should compare every
+/// action. Found by the random runs (a nofailover standby ahead); seen at seed 9 and others.
+/// Patroni rewinds such standbys too; pgha should compare every
 /// stopped directory with the history, and stop and rewind a running standby that the
 /// primary's history forked off behind.
 #[test]
@@ -103,7 +106,7 @@ fn a_standby_past_the_fork_point_is_never_rewound() {
 /// wrote past the new primary's fork point and is killed during `CrashRecover`; it then
 /// starts as a standby without a rewind and can never stream. (The random runs also found a
 /// cluster whose only data directory, its bootstrapper's, was killed while starting: it was
-/// "too far behind" its own last renewal for ever, seed 105.)
+/// "too far behind" its own last renewal for ever.)
 #[test]
 #[ignore = "bug: a primary killed during crash recovery is taken for a standby"]
 fn a_primary_killed_during_crash_recovery_is_taken_for_a_standby() {
@@ -129,7 +132,8 @@ fn a_primary_killed_during_crash_recovery_is_taken_for_a_standby() {
 /// With `use_pg_rewind: false`, `decide` answers `Clone` to a diverged old primary, and
 /// `act::clone_from` calls `PgTools::clone_from`, which refuses a data directory that is not
 /// empty (`DataDirNotEmpty`); `PgTools::reclone` (used by a manual reinit) would replace it.
-/// The old primary never rejoins.
+/// The old primary never rejoins. Seen at seed 103 (the exposing runs turn pg_rewind off in some
+/// seeds).
 #[test]
 #[ignore = "bug: without pg_rewind a diverged old primary is never re-cloned"]
 fn a_diverged_old_primary_without_pg_rewind_is_never_recloned() {
@@ -155,7 +159,7 @@ fn a_diverged_old_primary_without_pg_rewind_is_never_recloned() {
 /// margin 1 s: a local lease of 4 s = two `loop_wait`s. The deadline passes before the next
 /// renewal, the fence kills the starting Postgres, the next iteration regains the lease, the
 /// next one starts Postgres again: no primary, for ever (and nobody else may take over, the
-/// lease is renewed). Found at seed 723 of `three_data_members_run_the_real_decide_under_faults`.
+/// lease is renewed). Found by the random runs; seen at seed 723.
 /// Renewing in the same iteration as the start, or requiring `ttl - margin > 2 * loop_wait +
 /// retry_timeout`, would do.
 #[test]
