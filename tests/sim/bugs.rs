@@ -11,6 +11,11 @@ use pgha::types::LeaseEpoch;
 use raft::eraftpb::{Entry, Message, MessageType};
 use std::time::Duration;
 
+/// `SIM_EXPOSE_KNOWN_BUGS=1`: the random runs stop steering around the known bugs below.
+pub fn expose_known_bugs() -> bool {
+    std::env::var("SIM_EXPOSE_KNOWN_BUGS").is_ok_and(|v| v == "1")
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }

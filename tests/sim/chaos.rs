@@ -74,7 +74,7 @@ pub fn run_seed(test_name: &'static str, seed: u64, nodes: u64) -> RunSummary {
 }
 
 /// Injects one fault; members to resume (if paused) or restart (if crashed) go into `later`.
-fn inject_fault(sim: &mut Sim, dice: &mut Rng, later: &mut BTreeMap<u64, u64>) {
+pub(crate) fn inject_fault(sim: &mut Sim, dice: &mut Rng, later: &mut BTreeMap<u64, u64>) {
     let ids: Vec<u64> = sim.nodes.keys().copied().collect();
     let running: Vec<u64> = ids.iter().copied().filter(|id| sim.nodes[id].running()).collect();
     let crashed: Vec<u64> = ids.iter().copied().filter(|id| sim.nodes[id].core.is_none()).collect();

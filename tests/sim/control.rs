@@ -28,12 +28,18 @@ impl Sim {
         }
     }
 
-    /// Kills the member: its Raft core and lease client are gone, its store survives.
+    /// Kills the member: its Raft core and lease client are gone, its store survives. A data
+    /// member's Postgres dies with it (the fencer acts on EOF of its pipe), its data directory
+    /// survives.
     pub fn crash(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).expect("member exists");
         if let Some(core) = node.core.take() {
             node.disk = Some(core.crash_copy_of_store());
             node.paused = false;
+            if let Some(d) = node.data.as_mut() {
+                d.pg.kill();
+                d.lp = crate::ha_loop::LoopState::default();
+            }
             for (m, reliable) in std::mem::take(&mut node.inbox) {
                 if reliable {
                     self.net.requeue(m, self.now + 100 * crate::net::MS, true);
@@ -55,14 +61,23 @@ impl Sim {
         let local = node.clock.local_us(v);
         node.next_tick_local = local;
         node.next_ha_local = local + self.rng.range(0, node.ha.cfg.loop_wait.as_micros() as u64);
-        if early && node.ha.enabled {
+        if early && node.data.is_some() {
+            node.next_ha_local = local;
+            self.run_data_member(id);
+        } else if early && node.ha.enabled {
             node.next_ha_local = local;
             self.run_ha(id);
         }
     }
 
     pub fn pause(&mut self, id: u64) {
+        let steer = self.cfg.pg.as_ref().is_some_and(|p| !p.expose_known_bugs);
         let node = self.nodes.get_mut(&id).expect("member exists");
+        if steer && node.data.as_ref().is_some_and(|d| d.in_act_gap()) {
+            // pg_bugs::a_pgha_paused_between_promote_and_fence_leaves_postgres_unfenced
+            self.note(id, "steering around a known bug: no pause between promotion and fence".into());
+            return;
+        }
         if node.core.is_some() && !node.paused {
             node.paused = true;
             self.note(id, "fault: paused (SIGSTOP)".into());
@@ -119,6 +134,13 @@ impl Sim {
             self.note(l, format!("fault: transfer Raft leadership to n{to}"));
             self.with_core(l, |c, _| c.transfer_leader(NodeId(to)));
         }
+    }
+
+    /// Clock-rate jitter: from now on the member's clock runs at 1 + `ppm` / 10⁶.
+    pub fn set_clock_rate(&mut self, id: u64, ppm: i64) {
+        let v = self.now;
+        self.nodes.get_mut(&id).expect("member exists").clock.set_rate(v, ppm);
+        self.note(id, format!("fault: clock rate now {ppm:+} ppm"));
     }
 
     pub fn set_ha(&mut self, id: u64, enabled: bool) {

@@ -1,12 +1,14 @@
 //! One simulated member: its clock, its Raft core (absent while crashed), what survives a
 //! crash (the store as the Ready loop left it), its lease client and its recent events.
 //!
-//! Clocks: node-local time = boot offset + virtual time × (1 + ppm / 10⁶), in microseconds.
+//! Clocks: node-local time = boot offset + virtual time × (1 + ppm / 10⁶), in microseconds;
+//! the rate may change during a run (jitter), the time never jumps.
 //! The same local clock feeds `BootInstant`s (lease deadlines, expiry timers) and the 100 ms
 //! Raft tick, as the real driver does. A paused member (SIGSTOP) keeps its state and its clock
 //! keeps running (`CLOCK_BOOTTIME`), but it neither ticks nor handles messages, which queue.
 
 use crate::ha::LeaseClient;
+use crate::ha_loop::DataMember;
 use pgha::clock::BootInstant;
 use pgha::dcs::mem_store::MemLogStore;
 use pgha::dcs::node::{CoreConfig, RaftCore};
@@ -21,24 +23,48 @@ pub const TICK_US: u64 = 100_000;
 const EVENTS_KEPT: usize = 30;
 /// Messages a paused member's socket buffers hold before new ones are lost.
 const INBOX_LIMIT: usize = 4096;
+/// Wall-clock time at virtual time 0 (November 2023).
+const WALL_EPOCH_MS: u64 = 1_700_000_000_000;
 
 #[derive(Clone, Copy, Debug)]
 pub struct NodeClock {
+    /// Local time at virtual time 0 (the boot offset).
     pub offset_us: u64,
     pub ppm: i64,
+    /// Where the current rate began, (virtual, local): (0, offset) until the rate changes.
+    anchor: (u64, u64),
 }
 
 impl NodeClock {
+    pub fn new(offset_us: u64, ppm: i64) -> Self {
+        NodeClock { offset_us, ppm, anchor: (0, offset_us) }
+    }
+
     pub fn local_us(&self, virtual_us: u64) -> u64 {
-        let scaled = i128::from(virtual_us) * i128::from(1_000_000 + self.ppm) / 1_000_000;
-        self.offset_us + scaled as u64
+        let d = i128::from(virtual_us) - i128::from(self.anchor.0);
+        let scaled = d * i128::from(1_000_000 + self.ppm) / 1_000_000;
+        (i128::from(self.anchor.1) + scaled) as u64
     }
 
     /// The first virtual time at which the local clock reads at least `local_us`.
     pub fn virtual_at(&self, local_us: u64) -> u64 {
-        let Some(d) = local_us.checked_sub(self.offset_us) else { return 0 };
+        let Some(d) = local_us.checked_sub(self.anchor.1) else {
+            return self.anchor.0.saturating_sub(self.anchor.1 - local_us);
+        };
         let rate = (1_000_000 + self.ppm) as u128;
-        (u128::from(d) * 1_000_000).div_ceil(rate) as u64
+        self.anchor.0 + (u128::from(d) * 1_000_000).div_ceil(rate) as u64
+    }
+
+    /// From virtual time `virtual_us` on, the clock runs at 1 + `ppm` / 10⁶ (no jump).
+    pub fn set_rate(&mut self, virtual_us: u64, ppm: i64) {
+        self.anchor = (virtual_us, self.local_us(virtual_us));
+        self.ppm = ppm;
+    }
+
+    /// The member's wall clock in milliseconds since the epoch: NTP keeps wall clocks close, so
+    /// they share an origin and differ only by the rate.
+    pub fn wall_ms(&self, virtual_us: u64) -> u64 {
+        WALL_EPOCH_MS + (self.local_us(virtual_us) - self.offset_us) / 1000
     }
 
     pub fn instant(&self, virtual_us: u64) -> BootInstant {
@@ -60,6 +86,8 @@ pub struct SimNode {
     pub next_tick_local: u64,
     pub next_ha_local: u64,
     pub ha: LeaseClient,
+    /// In the HA-loop mode: the member's Postgres and the state of its real-decide HA loop.
+    pub data: Option<DataMember>,
     pub cfg: CoreConfig,
     pub incarnation: u32,
     pub was_leader: bool,
@@ -101,7 +129,12 @@ impl SimNode {
             return None;
         }
         let tick = self.clock.virtual_at(self.next_tick_local);
-        let ha = if self.ha.enabled { self.clock.virtual_at(self.next_ha_local) } else { u64::MAX };
+        let ha = match &self.data {
+            Some(d) => d.next_local(self.next_ha_local),
+            None if self.ha.enabled => self.next_ha_local,
+            None => u64::MAX,
+        };
+        let ha = if ha == u64::MAX { ha } else { self.clock.virtual_at(ha) };
         Some(tick.min(ha))
     }
 
@@ -155,8 +188,9 @@ impl SimNode {
                 )
             }
         };
+        let data = self.data.as_ref().map(|d| format!("\n      {}", d.describe())).unwrap_or_default();
         format!(
-            "{} (id {}, clock {:+} ppm, incarnation {}, local {:?}): {status}",
+            "{} (id {}, clock {:+} ppm, incarnation {}, local {:?}): {status}{data}",
             self.name,
             self.id,
             self.clock.ppm,

@@ -11,12 +11,13 @@
 
 use crate::check::Checker;
 use crate::ha::{HaConfig, LeaseClient};
+use crate::ha_loop::{DataMember, LoopState, Wait};
 use crate::net::{NetConfig, Network};
 use crate::node::{NodeClock, SimNode, TICK_US};
+use crate::pg_world::{PgConfig, PgWorld};
 use crate::rng::{Fnv, Rng};
-use pgha::config::dynamic::DynamicConfig;
 use pgha::dcs::mem_store::MemLogStore;
-use pgha::dcs::node::{encode_state, CoreConfig, RaftCore};
+use pgha::dcs::node::{decode_state, encode_state, CoreConfig, RaftCore};
 use pgha::dcs::state::{CaMaterial, ClusterState, Command, Member, NewMember, Outcome, RaftMembership, Tags};
 use pgha::types::{LeaseEpoch, MemberName, NodeId};
 use raft::eraftpb::{ConfState, HardState, Message, MessageType, Snapshot};
@@ -37,9 +38,17 @@ pub struct SimConfig {
     /// Chance that a restarted member's HA loop runs once on the state of its snapshot before
     /// its first Ready, as `driver::channels` publishes that state to the HA loop at start.
     pub early_ha_per_mille: u64,
+    /// The HA-loop mode: every member a data member with a simulated Postgres, driven by the
+    /// real `ha::decide` (`ha_loop.rs`); `None`: the lease client of `ha.rs`.
+    pub pg: Option<PgConfig>,
 }
 
 impl SimConfig {
+    /// The HA-loop mode's configuration (the mode must be on).
+    pub fn pg_mut(&mut self) -> &mut PgConfig {
+        self.pg.as_mut().expect("the HA-loop mode")
+    }
+
     pub fn new(test_name: &'static str, seed: u64, nodes: u64) -> Self {
         SimConfig {
             test_name,
@@ -51,6 +60,7 @@ impl SimConfig {
             snapshot_every: 1000,
             retain_entries: 200,
             early_ha_per_mille: 0,
+            pg: None,
         }
     }
 }
@@ -74,6 +84,8 @@ pub struct Sim {
     pub lease_log: Vec<(u64, Command, Outcome)>,
     /// While a member handles a snapshot: (member, leader), so its reply is reliable too.
     snapshot_reply: Option<(u64, u64)>,
+    /// The data plane and its history, in the HA-loop mode.
+    pub world: Option<PgWorld>,
 }
 
 pub fn name(id: u64) -> MemberName {
@@ -94,12 +106,17 @@ pub fn new_member(id: u64) -> NewMember {
 
 /// The snapshot every member of an `n`-member cluster starts from: index 1, term 1, all of
 /// them voters (so the simulation needs no join path to form the cluster).
-fn bootstrap_snapshot(n: u64) -> Snapshot {
+fn bootstrap_snapshot(n: u64, pg: Option<&PgConfig>) -> Snapshot {
     let ca = CaMaterial { cert_pem: String::new(), key_pem: String::new() };
-    let mut state =
-        ClusterState::bootstrap("sim".into(), "sim-1".into(), new_member(1), ca, DynamicConfig::default());
+    let dynamic = pg.map(|p| p.dynamic.clone()).unwrap_or_default();
+    let member = |id: u64| {
+        let mut m = new_member(id);
+        m.tags.nofailover = pg.is_some_and(|p| p.nofailover.contains(&id));
+        m
+    };
+    let mut state = ClusterState::bootstrap("sim".into(), "sim-1".into(), member(1), ca, dynamic);
     for id in 2..=n {
-        let m = new_member(id);
+        let m = member(id);
         state.members.insert(
             m.name.clone(),
             Member {
@@ -150,8 +167,13 @@ impl Sim {
             last_writable: BTreeMap::new(),
             lease_log: Vec::new(),
             snapshot_reply: None,
+            world: None,
         };
-        let snap = bootstrap_snapshot(sim.cfg.nodes);
+        let snap = bootstrap_snapshot(sim.cfg.nodes, sim.cfg.pg.as_ref());
+        if sim.cfg.pg.is_some() {
+            let state = decode_state(1, &snap.data).expect("the bootstrap state decodes");
+            sim.world = Some(PgWorld::new(state));
+        }
         let hs = HardState { term: 1, vote: 0, commit: 1, ..Default::default() };
         for id in 1..=sim.cfg.nodes {
             let store = MemLogStore::bootstrap(snap.clone(), hs.clone()).expect("a valid first snapshot");
@@ -163,10 +185,8 @@ impl Sim {
     /// Adds a member with this store (bootstrapped, or empty for a joiner) and starts it.
     pub fn add_member(&mut self, id: u64, store: MemLogStore) {
         let skew = self.cfg.max_skew_ppm;
-        let clock = NodeClock {
-            offset_us: self.rng.range(0, 1_000_000_000),
-            ppm: self.rng.range(0, 2 * skew + 1) as i64 - skew as i64,
-        };
+        let offset_us = self.rng.range(0, 1_000_000_000);
+        let clock = NodeClock::new(offset_us, self.rng.range(0, 2 * skew + 1) as i64 - skew as i64);
         let mut cfg = CoreConfig::new(NodeId(id), name(id), self.cfg.ha.safety_margin);
         cfg.snapshot_every = self.cfg.snapshot_every;
         cfg.retain_entries = self.cfg.retain_entries;
@@ -181,7 +201,8 @@ impl Sim {
             inbox: Default::default(),
             next_tick_local: local + self.rng.range(0, TICK_US),
             next_ha_local: local + self.rng.range(0, self.cfg.ha.loop_wait.as_micros() as u64),
-            ha: LeaseClient::new(self.cfg.ha.clone()),
+            ha: LeaseClient { enabled: self.cfg.pg.is_none(), ..LeaseClient::new(self.cfg.ha.clone()) },
+            data: self.cfg.pg.as_ref().map(|_| DataMember::new()),
             cfg,
             incarnation: 0,
             was_leader: false,
@@ -212,6 +233,11 @@ impl Sim {
         node.was_leader = false;
         node.checked_applied = 0;
         node.ha.fenced = None;
+        if let Some(d) = node.data.as_mut() {
+            // A new pgha process: it stops any postmaster of its data directory left behind.
+            d.pg.kill();
+            d.lp = LoopState::default();
+        }
         let v = self.now;
         node.note(v, format!("started (incarnation {}, election timeout {et} ticks)", node.incarnation));
         self.trace.u64(0x5747).u64(id).u64(et as u64);
@@ -225,7 +251,8 @@ impl Sim {
 
     fn next_due(&self) -> Option<u64> {
         let nodes = self.nodes.values().filter_map(|n| n.next_due());
-        nodes.chain(self.net.next_delivery()).min()
+        let world = self.world.as_ref().map(|w| w.next_tick).into_iter().chain(self.next_fence());
+        nodes.chain(self.net.next_delivery()).chain(world).min()
     }
 
     /// Processes everything due up to and including virtual time `t`, then sets the clock to `t`.
@@ -260,6 +287,9 @@ impl Sim {
     fn step_at(&mut self, v: u64) {
         self.now = v;
         self.steps += 1;
+        if self.world.is_some() {
+            self.fire_fences();
+        }
         for (msg, reliable) in self.net.take_due(v) {
             self.deliver(msg, reliable);
         }
@@ -270,9 +300,14 @@ impl Sim {
                 self.tick(*id);
             }
         }
+        if self.world.as_ref().is_some_and(|w| w.next_tick <= v) {
+            self.pg_tick();
+        }
         for id in &ids {
             let n = &self.nodes[id];
-            if n.running() && n.ha.enabled && n.clock.virtual_at(n.next_ha_local) <= v {
+            if n.running() && n.data.is_some() {
+                self.run_data_member(*id);
+            } else if n.running() && n.ha.enabled && n.clock.virtual_at(n.next_ha_local) <= v {
                 self.run_ha(*id);
             }
         }
@@ -367,6 +402,11 @@ impl Sim {
         if let Err(e) = self.try_pump(id) {
             self.fail(&e);
         }
+        if let Some(outcome) =
+            self.nodes.get_mut(&id).and_then(|n| n.data.as_mut()).and_then(|d| d.lp.resolved.take())
+        {
+            self.resolved(id, outcome);
+        }
     }
 
     fn try_pump(&mut self, id: u64) -> Result<(), String> {
@@ -408,6 +448,12 @@ impl Sim {
         }
         let first = self.checker.applied(id, &out.applied)?;
         let node = self.nodes.get_mut(&id).expect("member exists");
+        if let Some(d) = node.data.as_mut() {
+            if let Some(Wait::Outcome { proposal: Some(p), .. }) = &d.lp.wait {
+                d.lp.resolved =
+                    out.applied.iter().find(|a| a.proposal == Some(*p)).map(|a| a.outcome.clone());
+            }
+        }
         for a in &out.applied {
             self.trace.u64(id).u64(a.index).bytes(format!("{:?}{:?}", a.command, a.outcome).as_bytes());
             if !matches!(a.command, Command::RenewLease { .. }) || !a.outcome.is_accepted() {
@@ -421,6 +467,9 @@ impl Sim {
         }
         for f in first {
             self.first_applied(id, f.command, f.outcome)?;
+        }
+        if out.state_changed && self.world.is_some() {
+            self.maybe_wake(id);
         }
         self.check_state(id)
     }
@@ -442,6 +491,7 @@ impl Sim {
     /// An entry applied for the first time anywhere: it was just committed.
     fn first_applied(&mut self, by: u64, command: Command, outcome: Outcome) -> Result<(), String> {
         let v = self.now;
+        self.shadow_apply(&command, &outcome);
         if let (Command::ExpireLease { epoch, .. }, Outcome::Accepted) = (&command, &outcome) {
             let holder = self.checker.holder_of(*epoch).cloned();
             let holder_node = self.nodes.values().find(|n| Some(&n.name) == holder.as_ref());
@@ -483,6 +533,9 @@ impl Sim {
             let who: Vec<String> = writable.iter().map(|(id, e)| format!("n{id} (epoch {e})")).collect();
             self.fail(&format!("two members are writable at once: {}", who.join(", ")));
         }
+        if self.world.is_some() {
+            self.check_pg_writable();
+        }
     }
 
     pub fn fail(&self, what: &str) -> ! {
@@ -495,6 +548,13 @@ impl Sim {
             self.cfg.seed,
             self.cfg.test_name
         );
+        if let Some(p) = &self.cfg.pg {
+            let d = &p.dynamic;
+            r.push_str(&format!(
+                "  ttl {} s, loop_wait {} s, retry_timeout {} s, safety margin {:?}, maximum_lag_on_failover {}, nofailover {:?}\n",
+                d.ttl, d.loop_wait, d.retry_timeout, self.cfg.ha.safety_margin, d.maximum_lag_on_failover, p.nofailover
+            ));
+        }
         for n in self.nodes.values() {
             r.push_str(&format!("  {}\n", n.describe(self.now)));
             for e in &n.events {
