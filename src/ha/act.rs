@@ -81,6 +81,10 @@ impl HaLoop {
                 self.fire_unless_bootstrapping(c, CallbackEvent::OnStart, "replica");
                 Ok(())
             }
+            Action::StartStandby => {
+                self.disarm_fence();
+                self.local.start_standby_of_nobody(c).await
+            }
             Action::Follow { upstream } => self.local.follow(c, upstream).await,
             Action::Clone { from } => self.clone_from(c, from).await,
             Action::Rewind { from } => {
@@ -146,6 +150,16 @@ impl HaLoop {
             return Err(format!("lease {what} rejected: {reason}"));
         }
         self.extend_fence().await;
+        Ok(())
+    }
+
+    /// Before `pg_promote()`: the standby's postmaster may live until the lease deadline.
+    async fn arm_fence_for_promotion(&mut self) -> Result<(), String> {
+        let pid = self.local.pid().ok_or("not promoting: no postmaster of ours runs")?;
+        let view = self.handle.lease().await.map_err(err)?;
+        let deadline = view.deadline.ok_or("not promoting: the lease deadline passed")?;
+        self.fence.extend(pid as i32, deadline);
+        self.fence_armed = true;
         Ok(())
     }
 
@@ -292,6 +306,9 @@ impl HaLoop {
             return Err("not promoting: Postgres is not running".into());
         };
         let session = self.local.session(Some(c)).await.map_err(err)?;
+        // Fenced before it can accept a write: a pgha that hangs right after pg_promote() must
+        // not leave a writable, unfenced primary behind.
+        self.arm_fence_for_promotion().await?;
         session.promote(PROMOTE_TIMEOUT).await.map_err(err)?;
         self.local.promoted();
         self.extend_fence().await;
@@ -317,9 +334,11 @@ impl HaLoop {
         let source = self.local.source(from, RoleOf::Replication, c)?;
         let password = self.local.credentials(RoleOf::Replication, Some(c)).password;
         self.local.clear_partial().map_err(err)?;
+        // A diverged old primary without pg_rewind is re-cloned over its stopped directory
+        // (kept until the new clone is complete).
         self.local
             .tools()
-            .clone_from(self.local.data(), &source, password.as_deref(), COPY_TIMEOUT)
+            .reclone(self.local.data(), &source, password.as_deref(), COPY_TIMEOUT)
             .await
             .map_err(err)
     }

@@ -42,6 +42,10 @@ pub enum Action {
     StartReplica {
         upstream: MemberName,
     },
+    /// Start a standby's data directory as a standby of nobody, for the lease holder: the next
+    /// step promotes it onto a new timeline. Started as a primary it would stay on the old
+    /// timeline and write over LSNs the old primary had already used.
+    StartStandby,
     /// Point a running standby at another upstream.
     Follow {
         upstream: MemberName,
@@ -318,6 +322,9 @@ fn renew_or_start(pg: &LocalPg, epoch: LeaseEpoch, reason: Reason) -> Decision {
         LocalPg::Running { role: PgRole::Primary, .. } => d(Action::RenewLease { epoch }, reason),
         LocalPg::Running { role: PgRole::Replica, .. } => {
             d(Action::Promote, Reason::PromotingAfterAcquire { epoch })
+        }
+        LocalPg::Stopped { was_primary: false, .. } => {
+            d(Action::StartStandby, Reason::PrimaryStarting { epoch })
         }
         LocalPg::Stopped { .. } => d(Action::StartPrimary, Reason::PrimaryStarting { epoch }),
         LocalPg::Starting => d(Action::RenewLease { epoch }, Reason::PrimaryStarting { epoch }),

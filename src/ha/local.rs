@@ -45,7 +45,10 @@ pub fn from_controldata(cd: &ControlData, base_backup: bool) -> LocalPg {
         system_identifier: cd.system_identifier.to_string(),
         timeline: cd.timeline,
         checkpoint: cd.checkpoint_lsn,
-        was_primary: !base_backup && matches!(cd.state, DbState::InProduction | DbState::ShutDown),
+        // "in crash recovery": a primary's directory killed while it recovered (a standby's
+        // would say "in archive recovery").
+        was_primary: !base_backup
+            && matches!(cd.state, DbState::InProduction | DbState::ShutDown | DbState::InCrashRecovery),
         clean: cd.state.is_clean_shutdown(),
     }
 }
@@ -320,10 +323,20 @@ impl LocalPostgres {
         cluster: &ClusterState,
         follow: Option<&MemberName>,
     ) -> Result<(), String> {
+        self.write_config_as(cluster, follow, follow.is_some())
+    }
+
+    /// `standby` without `follow`: a standby of nobody (see `start_standby_of_nobody`).
+    fn write_config_as(
+        &mut self,
+        cluster: &ClusterState,
+        follow: Option<&MemberName>,
+        standby: bool,
+    ) -> Result<(), String> {
         let files = self.render_config(cluster, follow)?;
         self.data.write_config(&files.0, &files.1).map_err(|e| e.to_string())?;
         self.written = Some(files);
-        self.data.set_standby(follow.is_some()).map_err(|e| e.to_string())
+        self.data.set_standby(standby).map_err(|e| e.to_string())
     }
 
     /// After a change of the replicated config (`postgresql.parameters`, `pg_hba`, use_slots,
@@ -389,10 +402,19 @@ impl LocalPostgres {
     /// Starts the postmaster without waiting: the next observations see `Starting`, then
     /// `Running` (a primary in crash recovery keeps renewing its lease meanwhile).
     pub async fn start(&mut self, cluster: &ClusterState, follow: Option<&MemberName>) -> Result<(), String> {
+        self.start_as(cluster, follow, follow.is_some()).await
+    }
+
+    async fn start_as(
+        &mut self,
+        cluster: &ClusterState,
+        follow: Option<&MemberName>,
+        standby: bool,
+    ) -> Result<(), String> {
         if self.postmaster.is_some() {
             return Err("a postmaster of ours is already running".into());
         }
-        self.write_config(cluster, follow)?;
+        self.write_config_as(cluster, follow, standby)?;
         datadir::create_owned_dir(&self.socket_dir, self.tools.user(), 0o700).map_err(|e| e.to_string())?;
         let connect = self.connect(Some(cluster));
         let pm = Postmaster::spawn(&self.tools, self.data.path(), &self.log_file, &connect)
@@ -402,6 +424,12 @@ impl LocalPostgres {
         self.seen_timeline = None;
         self.upstream = follow.cloned();
         Ok(())
+    }
+
+    /// Starts a standby's data directory as a standby with no upstream (the lease holder's,
+    /// to be promoted onto a new timeline).
+    pub async fn start_standby_of_nobody(&mut self, cluster: &ClusterState) -> Result<(), String> {
+        self.start_as(cluster, None, true).await
     }
 
     /// Points the running standby at `upstream`: `primary_conninfo` and `primary_slot_name`

@@ -79,7 +79,7 @@ fn controldata_maps_to_stopped_with_was_primary() {
         (DbState::InProduction, true, false, false),
         (DbState::ShutDownInRecovery, false, false, true),
         (DbState::InArchiveRecovery, false, false, false),
-        (DbState::InCrashRecovery, false, false, false),
+        (DbState::InCrashRecovery, false, true, false),
         (DbState::StartingUp, false, false, false),
         (DbState::ShuttingDown, false, false, false),
     ];

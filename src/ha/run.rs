@@ -210,7 +210,13 @@ impl HaLoop {
                 tracing::debug!(member = %self.me, "{decision}");
             }
             // Act.
-            match self.act(&decision.action, &cluster, &pg).await {
+            let acted = self.act(&decision.action, &cluster, &pg).await;
+            // A step of a transition (stop, release, acquire, promote, start...) that worked is
+            // followed by the next decision at once, not a loop_wait later: a switchover is
+            // several such steps in a row. Failures and steady states wait.
+            let next_at_once =
+                acted.is_ok() && !matches!(decision.action, Action::None | Action::RenewLease { .. });
+            match acted {
                 Err(e) => tracing::warn!(member = %self.me, action = ?decision.action, "failed: {e}"),
                 Ok(()) if matches!(decision.action, Action::RenewLease { .. }) && pg.is_running_primary() => {
                     self.keep_raft_leader_elsewhere().await
@@ -245,7 +251,7 @@ impl HaLoop {
 
             // Wait.
             let key = WakeKey::of(Some(&cluster));
-            let wait = cluster.config.loop_wait();
+            let wait = if next_at_once { Duration::ZERO } else { cluster.config.loop_wait() };
             let deadline = clock::boot_now() + wait;
             clock::sleep(MIN_PAUSE).await;
             loop {

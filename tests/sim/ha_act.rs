@@ -94,6 +94,18 @@ impl Sim {
                 if !matches!(data_mut(self, id).pg.process, Process::Running { primary: false, .. }) {
                     return Err("pg_promote: recovery is not in progress".into());
                 }
+                // act::promote arms the fence before pg_promote().
+                let fence = self.cfg.pg.as_ref().is_some_and(|p| p.fence);
+                let now_local = self.nodes[&id].local_now(v);
+                let deadline =
+                    self.nodes[&id].core.as_ref().and_then(|core| core.lease_view(now_local).deadline);
+                match deadline {
+                    Some(d) if fence => {
+                        data_mut(self, id).lp.fence = Some(d.as_duration().as_micros() as u64)
+                    }
+                    Some(_) => {}
+                    None => return Err("not promoting: the lease deadline passed".into()),
+                }
                 self.becomes_primary(id, lease.epoch);
                 let origin = self.new_origin();
                 data_mut(self, id).pg.promote(origin)?;
@@ -126,6 +138,11 @@ impl Sim {
                 }
                 Some(Wait::Job { until: local + ACT_GAP_US, job: Job::AfterStart })
             }
+            Action::StartStandby => {
+                data_mut(self, id).lp.fence = None;
+                self.start_postgres(id, false, None)?;
+                None
+            }
             Action::StartReplica { upstream } => {
                 data_mut(self, id).lp.fence = None;
                 self.start_postgres(id, false, Some(id_of(upstream)))?;
@@ -143,8 +160,9 @@ impl Sim {
                 None
             }
             Action::Clone { from } => {
-                if data_mut(self, id).pg.dir.is_some() {
-                    return Err("cannot clone into a data directory that is not empty".into());
+                // act::clone_from re-clones over a stopped directory (PgTools::reclone).
+                if data_mut(self, id).pg.is_up() {
+                    return Err("cannot clone while Postgres runs".into());
                 }
                 job(self, Job::Clone { from: id_of(from) }, 1000, 4000)
             }
@@ -155,9 +173,8 @@ impl Sim {
                     return Err("not recovering a data directory with standby.signal".into());
                 }
                 // The single-user server writes "in crash recovery" before it replays: a kill
-                // meanwhile leaves that (unless steering around the known bug, see `start`).
-                let expose = self.cfg.pg.as_ref().is_some_and(|p| p.expose_known_bugs);
-                if let Some(dir) = data_mut(self, id).pg.dir.as_mut().filter(|_| expose) {
+                // meanwhile leaves that.
+                if let Some(dir) = data_mut(self, id).pg.dir.as_mut() {
                     dir.control = Control::InCrashRecovery;
                 }
                 job(self, Job::CrashRecover, 300, 2000)
@@ -196,8 +213,7 @@ impl Sim {
         // Crash recovery makes an unclean start slower.
         let clean = matches!(dir.control, Control::ShutDown | Control::ShutDownInRecovery);
         let ms = if clean { self.rng.range(200, 1500) } else { self.rng.range(500, 4000) };
-        let expose = self.cfg.pg.as_ref().is_some_and(|p| p.expose_known_bugs);
-        data_mut(self, id).pg.start(primary, upstream, v + ms * 1000, expose);
+        data_mut(self, id).pg.start(primary, upstream, v + ms * 1000, true);
         Ok(())
     }
 

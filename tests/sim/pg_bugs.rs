@@ -108,7 +108,7 @@ fn a_standby_past_the_fork_point_is_never_rewound() {
 /// cluster whose only data directory, its bootstrapper's, was killed while starting: it was
 /// "too far behind" its own last renewal for ever.)
 #[test]
-#[ignore = "bug: a primary killed during crash recovery is taken for a standby"]
+// Fixed; kept as a regression test.
 fn a_primary_killed_during_crash_recovery_is_taken_for_a_standby() {
     let mut sim = pg_settled("a_primary_killed_during_crash_recovery_is_taken_for_a_standby", |c| {
         c.pg_mut().expose_known_bugs = true;
@@ -135,7 +135,7 @@ fn a_primary_killed_during_crash_recovery_is_taken_for_a_standby() {
 /// The old primary never rejoins. Seen at seed 103 (the exposing runs turn pg_rewind off in some
 /// seeds).
 #[test]
-#[ignore = "bug: without pg_rewind a diverged old primary is never re-cloned"]
+// Fixed; kept as a regression test.
 fn a_diverged_old_primary_without_pg_rewind_is_never_recloned() {
     let mut sim = pg_settled("a_diverged_old_primary_without_pg_rewind_is_never_recloned", |c| {
         let p = c.pg_mut();
@@ -193,7 +193,7 @@ fn a_holder_restarting_postgres_skips_a_renewal_and_its_fence_kills_the_start() 
 /// promoting or starting (killing a standby at that deadline is harmless) closes the window.
 /// The random runs never pause inside the 1 ms window; this test does.
 #[test]
-#[ignore = "bug: pgha paused between pg_promote and extend_fence leaves a writable, unfenced Postgres"]
+// Fixed; kept as a regression test.
 fn a_pgha_paused_between_promote_and_fence_leaves_postgres_unfenced() {
     let mut sim = pg_settled("a_pgha_paused_between_promote_and_fence_leaves_postgres_unfenced", |c| {
         c.pg_mut().expose_known_bugs = true;
@@ -225,7 +225,7 @@ fn a_pgha_paused_between_promote_and_fence_leaves_postgres_unfenced() {
 /// allowed lag). A member whose timeline is not the cluster's current one (the history's last
 /// timeline + 1) should not be eligible, as in Patroni ("my timeline is behind").
 #[test]
-#[ignore = "bug: an old primary on an abandoned timeline wins the lease by LSN and discards the new timeline"]
+// Fixed; kept as a regression test.
 fn an_old_primary_on_an_abandoned_timeline_wins_the_lease_by_lsn() {
     let mut sim = pg_settled("an_old_primary_on_an_abandoned_timeline_wins_the_lease_by_lsn", |c| {
         let p = c.pg_mut();

@@ -46,8 +46,7 @@ pub fn seeded_config(test_name: &'static str, seed: u64, nodes: u64, dice: &mut 
     dynamic.validate(margin).expect("a valid seeded configuration");
     // pg_bugs::a_diverged_old_primary_without_pg_rewind_is_never_recloned: only when exposing
     // (drawn apart from `dice` so that every other draw of the seed stays).
-    dynamic.postgresql.use_pg_rewind =
-        !(crate::bugs::expose_known_bugs() && Rng::new(seed ^ 0x5EED).chance(300));
+    dynamic.postgresql.use_pg_rewind = !Rng::new(seed ^ 0x5EED).chance(300);
     let nofailover: BTreeSet<u64> =
         if dice.chance(400) { [dice.range(1, nodes + 1)].into() } else { BTreeSet::new() };
     cfg.ha = HaConfig {

@@ -222,7 +222,10 @@ impl SimPostgres {
                 timeline: Timeline(dir.wal.timeline()),
                 checkpoint: Lsn(dir.checkpoint),
                 was_primary: !dir.backup_label
-                    && matches!(dir.control, Control::InProduction | Control::ShutDown),
+                    && matches!(
+                        dir.control,
+                        Control::InProduction | Control::ShutDown | Control::InCrashRecovery
+                    ),
                 clean: matches!(dir.control, Control::ShutDown | Control::ShutDownInRecovery),
             },
             Process::Starting { .. } => LocalPg::Starting,
