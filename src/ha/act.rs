@@ -90,11 +90,25 @@ impl HaLoop {
             Action::Rewind { from } => {
                 let source = self.local.source(from, RoleOf::Rewind, c)?;
                 let password = self.local.credentials(RoleOf::Rewind, Some(c)).password;
-                self.local
+                let rewound = self
+                    .local
                     .tools()
                     .rewind(self.local.data(), &source, password.as_deref(), COPY_TIMEOUT)
                     .await
-                    .map_err(err)
+                    .map_err(err);
+                match rewound {
+                    // The source was not reachable: try again later.
+                    Err(e) if e.contains("connection to server") => Err(e),
+                    // pg_rewind ran and failed (interrupted half-way, which leaves the target
+                    // unusable, or no common ancestor): what it would have discarded is lost
+                    // either way, so take a fresh clone (the old directory stays until the
+                    // clone is complete).
+                    Err(e) => {
+                        tracing::warn!(member = %self.me, "pg_rewind failed, cloning instead: {e}");
+                        self.clone_from(c, from).await
+                    }
+                    Ok(()) => Ok(()),
+                }
             }
             Action::CrashRecover => {
                 let data = self.local.data();
