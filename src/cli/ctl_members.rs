@@ -53,7 +53,8 @@ pub struct RestartArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct DsnArgs {
-    /// Cluster name (optional, must be this cluster's scope)
+    /// A member's name (or the cluster's, as patronictl takes it)
+    #[arg(value_name = "MEMBER")]
     pub cluster: Option<String>,
     /// Whose DSN: the primary (default), a streaming replica, or any member
     #[arg(long, short = 'r', value_parser = ["primary", "leader", "replica", "any"], default_value = "primary")]
@@ -226,9 +227,10 @@ pub async fn list(api: &ApiClient, args: ListArgs, format: Format, topology: boo
 
 pub async fn dsn(api: &ApiClient, args: DsnArgs) -> Result<()> {
     let c = cluster(api).await?;
-    check_cluster(&c, args.cluster.as_deref())?;
+    // `dsn NAME`: the cluster's name (patronictl's first argument) or a member's.
+    let positional_member = args.cluster.clone().filter(|n| n != scope_of(&c));
     let mut query = format!("/dsn?role={}", args.role);
-    if let Some(m) = &args.member {
+    if let Some(m) = args.member.as_ref().or(positional_member.as_ref()) {
         query.push_str(&format!("&member={m}"));
     }
     let (_, v): (_, Value) = api.get(&query).await?;
