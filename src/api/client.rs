@@ -97,11 +97,7 @@ impl ApiClient {
                 Err(e) => errors.push(e),
             }
         }
-        if errors.len() == 1 {
-            Err(errors.pop().expect("one error"))
-        } else {
-            Err(ClientError::AllFailed(errors))
-        }
+        Err(all_failed(errors))
     }
 
     /// Calls each endpoint until one answers. A refusal (4xx/5xx with a body) is final and
@@ -126,11 +122,7 @@ impl ApiClient {
                 Err(e) => errors.push(e),
             }
         }
-        if errors.len() == 1 {
-            Err(errors.pop().expect("one error"))
-        } else {
-            Err(ClientError::AllFailed(errors))
-        }
+        Err(all_failed(errors))
     }
 
     async fn once(
@@ -189,6 +181,15 @@ impl ApiClient {
         tokio::time::timeout(self.timeout, work)
             .await
             .unwrap_or_else(|_| Err(unreachable(format!("no answer within {:?}", self.timeout))))
+    }
+}
+
+/// The error of a call that no endpoint answered: the one error, or all of them.
+fn all_failed(mut errors: Vec<ClientError>) -> ClientError {
+    if errors.len() == 1 {
+        errors.pop().expect("one error")
+    } else {
+        ClientError::AllFailed(errors)
     }
 }
 

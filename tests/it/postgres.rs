@@ -107,12 +107,7 @@ fn killing_the_primary_node_promotes_a_replica_the_other_follows_it_and_the_old_
     }
     // The machine dies: pgha with SIGKILL; its postmaster dies with it (parent-death signal).
     c.kill9(old);
-    wait_until(Duration::from_secs(10), "the old primary's Postgres is gone", || {
-        match psql(&c, old, "SELECT 1") {
-            Err(_) => Ok(()),
-            Ok(_) => Err("still answering".into()),
-        }
-    });
+    wait_postgres_gone(&c, old);
     let new = wait_primary_with_streaming_replicas(&c, &survivors, FAILOVER);
     assert_ne!(new, old);
     assert_eq!(psql(&c, new, "SELECT x FROM it_t").unwrap(), "7", "nothing acknowledged was lost");
@@ -235,6 +230,16 @@ fn a_crashed_postmaster_on_the_primary_is_restarted_in_place() {
     assert_eq!(history.trim(), "[]", "no promotion happened: {history}");
 }
 
+/// After kill -9 of node `i`'s pgha: its postmaster dies with it (parent-death signal).
+fn wait_postgres_gone(c: &Cluster, i: usize) {
+    wait_until(Duration::from_secs(10), "the killed node's Postgres is gone", || {
+        match psql(c, i, "SELECT 1") {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still answering".into()),
+        }
+    });
+}
+
 /// True when node `i`'s Postgres accepts writes now.
 fn writable(c: &Cluster, i: usize) -> bool {
     psql(c, i, "SELECT pg_is_in_recovery()").as_deref() == Ok("f")
@@ -275,12 +280,7 @@ fn neither_a_nofailover_member_nor_a_lagging_replica_is_promoted() {
     wait_row(&c, nofailover, "SELECT count(*) FROM it_big", "100000");
     c.kill9(p);
     // Its postmaster dies with it; the lagging node must not stream from a dying one.
-    wait_until(Duration::from_secs(10), "the old primary's Postgres is gone", || {
-        match psql(&c, p, "SELECT 1") {
-            Err(_) => Ok(()),
-            Ok(_) => Err("still answering".into()),
-        }
-    });
+    wait_postgres_gone(&c, p);
     crate::harness::pause(Duration::from_secs(1));
     c.start(lagging);
     // Three lease ttls (10 s each by default): time enough for any wrong promotion.
