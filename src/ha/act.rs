@@ -335,13 +335,33 @@ impl HaLoop {
             at_ms: clock::wall_now_ms(),
             new_primary: self.me.clone(),
         };
-        let outcome = self
-            .propose(Command::RecordPromotion { member: self.me.clone(), epoch: lease.epoch, entry })
-            .await?;
-        if let Outcome::Rejected { reason } = outcome {
-            tracing::warn!(%reason, "the promotion was not recorded in the history");
-        }
+        // Promoted: from here on the record is retried until the state answers (a returning
+        // old primary is compared with the history to know it must rewind).
+        self.unrecorded_promotion = Some((lease.epoch, entry));
+        self.record_promotion().await;
         Ok(())
+    }
+
+    /// Proposes the pending `RecordPromotion` while we still hold the epoch it was made under;
+    /// forgets it once the state accepted or refused it, or the epoch is over.
+    pub(super) async fn record_promotion(&mut self) {
+        let Some((epoch, entry)) = self.unrecorded_promotion.clone() else { return };
+        let held = self
+            .handle
+            .state()
+            .is_some_and(|c| c.lease.as_ref().is_some_and(|l| l.holder == self.me && l.epoch == epoch));
+        if !held {
+            self.unrecorded_promotion = None;
+            return;
+        }
+        match self.propose(Command::RecordPromotion { member: self.me.clone(), epoch, entry }).await {
+            Ok(Outcome::Rejected { reason }) => {
+                tracing::warn!(%reason, "the promotion was not recorded in the history");
+                self.unrecorded_promotion = None;
+            }
+            Ok(_) => self.unrecorded_promotion = None,
+            Err(e) => tracing::warn!(error = %e, "cannot record the promotion yet; retrying"),
+        }
     }
 
     async fn clone_from(&mut self, c: &ClusterState, from: &MemberName) -> Result<(), String> {

@@ -123,6 +123,8 @@ pub struct HaLoop {
     pub(super) reinitializing: bool,
     /// `watchdog.mode: required` refused the last attempt to become primary.
     pub(super) watchdog_failed: bool,
+    /// A promotion whose history record the state has not answered yet (epoch, entry).
+    pub(super) unrecorded_promotion: Option<(LeaseEpoch, crate::dcs::state::HistoryEntry)>,
     /// When this primary last handed Raft leadership away.
     last_leader_move: Option<clock::BootInstant>,
     last_report: Option<(MemberStatus, clock::BootInstant)>,
@@ -157,6 +159,7 @@ impl HaLoop {
             reinitializing: false,
             watchdog_failed: false,
             last_leader_move: None,
+            unrecorded_promotion: None,
             last_report: None,
             slots: None,
         };
@@ -233,6 +236,9 @@ impl HaLoop {
                     Ok(false) => {}
                     Err(e) => tracing::warn!(member = %self.me, "cannot apply the configuration: {e}"),
                 }
+            }
+            if self.unrecorded_promotion.is_some() && decision.action != Action::Promote {
+                self.record_promotion().await;
             }
             self.check_restart(matches!(pg, LocalPg::Running { .. }));
             self.report(&cluster, &pg, probe.as_ref(), now_ms).await;

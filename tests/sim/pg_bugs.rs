@@ -263,6 +263,8 @@ fn an_old_primary_on_an_abandoned_timeline_wins_the_lease_by_lsn() {
 /// should be retried until applied, or the divergence judged from the timeline history
 /// Postgres itself keeps.
 #[test]
+// pgha now retries the record while it holds the epoch (`act::record_promotion`); this model of
+// `act` does not retry yet, so the reproduction stays ignored until it does.
 #[ignore = "bug: a promotion whose record failed leaves the history without the timeline switch for ever"]
 fn a_promotion_not_recorded_misleads_the_old_primary() {
     let mut sim = pg_settled("a_promotion_not_recorded_misleads_the_old_primary", |c| {
