@@ -288,3 +288,26 @@ fn a_member_that_requires_a_missing_watchdog_is_never_promoted() {
     let back = wait_primary_with_streaming_replicas(&c, &[0, 1], FORM);
     assert_eq!(back, 0);
 }
+
+/// `bootstrap.post_bootstrap` runs once on the new primary with a connection string (the seeds
+/// create application roles that way); what it creates reaches every replica.
+#[test]
+fn post_bootstrap_runs_once_on_the_new_primary() {
+    let mut c = Cluster::empty();
+    let script = c.root.join("post-bootstrap.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nset -e\n/usr/bin/psql \"$1\" -X -v ON_ERROR_STOP=1 -c 'CREATE ROLE it_app LOGIN'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    c.add_node_as("node1", "node1", &format!("bootstrap:\n  post_bootstrap: {}\n", script.display()));
+    c.add_node("node2");
+    c.add_node("node3");
+    c.form();
+    let p = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    for i in 0..3 {
+        wait_row(&c, i, "SELECT count(*) FROM pg_roles WHERE rolname = 'it_app'", "1");
+    }
+    assert_eq!(p, 0, "node1 bootstrapped (init) and stays primary");
+}
