@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages pgha's build, tests and benchmarks need, if missing:
-# PostgreSQL 15 server binaries, curl and jq (benchmark scripts), gcc (for ring's C parts).
+# PostgreSQL 15 server binaries, curl and jq (benchmark scripts), gcc (for ring's C parts), haproxy
+# (the integration test that puts HAProxy in front of pgha's health checks, as the seeds do).
 set -euo pipefail
 need=()
-for p in postgresql-15 curl jq gcc ca-certificates; do
+for p in postgresql-15 curl jq gcc ca-certificates haproxy; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

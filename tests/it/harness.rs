@@ -188,7 +188,7 @@ pub fn stderr(out: &Output) -> String {
 /// may take it as its source port before the node binds it, failing the node's start. A
 /// per-process counter from a PID-derived offset keeps parallel tests and test binaries apart;
 /// each candidate is still checked by binding it.
-fn free_ports(n: usize) -> Vec<u16> {
+pub fn free_ports(n: usize) -> Vec<u16> {
     const FLOOR: u32 = 20000;
     static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
     let ephemeral_low: u32 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")

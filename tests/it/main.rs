@@ -11,6 +11,7 @@ mod harness;
 
 mod config;
 mod consensus;
+mod haproxy;
 mod input;
 mod membership;
 mod operations;
