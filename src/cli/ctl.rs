@@ -41,6 +41,8 @@ pub enum CtlCommand {
     Reload(super::ctl_members::MemberActionArgs),
     /// Wipe a replica's data directory and clone it again from the primary
     Reinit(super::ctl_members::MemberActionArgs),
+    /// This client's version and each data member's pgha and Postgres versions
+    Version,
     /// Stop automatic failover and all automatic actions (maintenance mode)
     Pause(super::ctl_members::PauseArgs),
     /// Resume automatic failover
@@ -151,6 +153,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         CtlCommand::Restart(a) => super::ctl_members::restart(&api, a).await?,
         CtlCommand::Reload(a) => super::ctl_members::reload(&api, a).await?,
         CtlCommand::Reinit(a) => super::ctl_members::reinit(&api, a).await?,
+        CtlCommand::Version => super::ctl_members::version(&api).await?,
         CtlCommand::Pause(a) => super::ctl_members::toggle_pause(&api, a, true).await?,
         CtlCommand::Resume(a) => super::ctl_members::toggle_pause(&api, a, false).await?,
         CtlCommand::Members => {

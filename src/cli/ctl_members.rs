@@ -339,6 +339,26 @@ pub async fn reinit(api: &ApiClient, args: MemberActionArgs) -> Result<()> {
     on_each(api, "reinitialize", &t, "/reinitialize", json!({}), ACTION_WAIT).await
 }
 
+/// `ctl version`: like patronictl's, the client's version, then each member's (from its
+/// `/patroni`), so a rolling upgrade shows where it stands.
+pub async fn version(api: &ApiClient) -> Result<()> {
+    println!("pgha ctl version {}", crate::VERSION);
+    let c = cluster(api).await?;
+    let all = MemberActionArgs { names: vec![], role: "any".into(), force: true };
+    for (name, addr) in targets(&c, &all)? {
+        match api.with_endpoint(addr).get::<Value>("/patroni").await {
+            Ok((_, v)) => {
+                let pg = v["server_version"]
+                    .as_u64()
+                    .map_or("-".to_string(), |n| format!("{}.{}", n / 10000, n % 10000));
+                println!("{name}: pgha {} PostgreSQL {pg}", v["patroni"]["version"].as_str().unwrap_or("?"));
+            }
+            Err(e) => println!("{name}: unreachable ({e})"),
+        }
+    }
+    Ok(())
+}
+
 /// `pause` / `resume`: the dynamic config's `pause`, then (with `--wait`) until every member
 /// shows it.
 pub async fn toggle_pause(api: &ApiClient, args: PauseArgs, pause: bool) -> Result<()> {

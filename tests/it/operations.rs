@@ -93,6 +93,14 @@ fn health_checks_patroni_status_metrics_list_and_dsn_answer_like_patroni() {
     assert_eq!(leaders.len(), 1, "{rows:?}");
     assert_eq!(leaders[0]["Member"], c.nodes[p].name.as_str());
 
+    // `ctl version`: the client's and every member's pgha and Postgres versions.
+    let out = c.ctl(p, &["version"]);
+    let text = stdout(&out);
+    assert!(text.starts_with(&format!("pgha ctl version {}", pgha::VERSION)), "{}", show(&out));
+    for n in &c.nodes {
+        assert!(text.contains(&format!("{}: pgha {} PostgreSQL 15.", n.name, pgha::VERSION)), "{text}");
+    }
+
     // `ctl dsn` connects, to the primary by default and to a replica when asked.
     for (args, want) in [(vec!["dsn"], "f"), (vec!["dsn", "--role", "replica"], "t")] {
         let out = c.ctl(r, &args);
