@@ -670,4 +670,35 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_626_952_930_888);
         assert_eq!(pg_time(t), "2026-11-25 17:15:52.930888+00:00");
     }
+
+    #[test]
+    fn openapi_document_lists_every_route() {
+        let doc: Value = serde_saphyr::from_str(include_str!("../../docs/openapi.yaml"))
+            .expect("docs/openapi.yaml parses");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let paths = doc["paths"].as_object().expect("a paths object");
+        let others = [
+            "/patroni",
+            "/cluster",
+            "/history",
+            "/config",
+            "/metrics",
+            "/switchover",
+            "/failover",
+            "/restart",
+            "/reload",
+            "/reinitialize",
+            "/dsn",
+            "/members",
+            "/members/{name}",
+            "/raft/status",
+            "/raft/transfer",
+            "/token",
+            "/join",
+        ];
+        for path in HEALTH_PATHS.iter().chain(others.iter()) {
+            assert!(paths.contains_key(*path), "docs/openapi.yaml lacks {path}");
+        }
+        assert_eq!(paths.len(), HEALTH_PATHS.len() + others.len(), "docs/openapi.yaml has unknown paths");
+    }
 }
