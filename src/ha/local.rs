@@ -355,12 +355,7 @@ impl LocalPostgres {
         }
         self.data.write_config(&files.0, &files.1).map_err(|e| e.to_string())?;
         self.written = Some(files);
-        self.session(Some(cluster))
-            .await
-            .map_err(|e| e.to_string())?
-            .reload()
-            .await
-            .map_err(|e| e.to_string())?;
+        self.reload(cluster).await?;
         Ok(true)
     }
 
@@ -432,16 +427,17 @@ impl LocalPostgres {
         self.start_as(cluster, None, true).await
     }
 
+    /// `pg_reload_conf()` on the running server.
+    async fn reload(&self, cluster: &ClusterState) -> Result<(), String> {
+        let session = self.session(Some(cluster)).await.map_err(|e| e.to_string())?;
+        session.reload().await.map_err(|e| e.to_string()).map(drop)
+    }
+
     /// Points the running standby at `upstream`: `primary_conninfo` and `primary_slot_name`
     /// are reloadable since PostgreSQL 13, so a reload restarts the WAL receiver.
     pub async fn follow(&mut self, cluster: &ClusterState, upstream: &MemberName) -> Result<(), String> {
         self.write_config(cluster, Some(upstream))?;
-        self.session(Some(cluster))
-            .await
-            .map_err(|e| e.to_string())?
-            .reload()
-            .await
-            .map_err(|e| e.to_string())?;
+        self.reload(cluster).await?;
         self.upstream = Some(upstream.clone());
         Ok(())
     }
