@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             println!("pgha {}", pgha::VERSION);
             Ok(())
         }
+        Command::Resolve(a) => runtime().map_err(Into::into).and_then(|rt| rt.block_on(cli::resolve::run(a))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,7 +12,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// Responses larger than this are refused (the biggest real answer is a member list).
@@ -135,7 +134,8 @@ impl ApiClient {
         let unreachable =
             |detail: String| ClientError::Unreachable { endpoint: endpoint.to_string(), detail };
         let work = async {
-            let tcp = TcpStream::connect(endpoint).await.map_err(|e| unreachable(e.to_string()))?;
+            // Host names are resolved without libc (STACK.md item 2).
+            let tcp = crate::sys::resolve::connect(endpoint).await.map_err(|e| unreachable(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
             let host = endpoint.rsplit_once(':').map(|(h, _)| h).unwrap_or(endpoint);
             let host = host.trim_start_matches('[').trim_end_matches(']');

@@ -9,6 +9,7 @@ pub mod files;
 pub mod init;
 pub mod join;
 pub mod logging;
+pub mod resolve;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -63,4 +64,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Print the version.
     Version,
+    /// Print the addresses pgha resolves a host name to, without libc (diagnostics).
+    #[command(hide = true)]
+    Resolve(resolve::ResolveArgs),
 }

@@ -241,7 +241,8 @@ fn is_snapshot(m: &Message) -> bool {
 type ClientConn = BufWriter<tokio_rustls::client::TlsStream<TcpStream>>;
 
 async fn connect(me: &LocalIdentity, connector: &TlsConnector, address: &str) -> Result<ClientConn, String> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+    // Host names are resolved without libc (STACK.md item 2), inside the same deadline.
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, crate::sys::resolve::connect(address))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
