@@ -32,6 +32,8 @@ fn main() -> ExitCode {
             println!("pgha {}", pgha::VERSION);
             Ok(())
         }
+        Command::Completions(a) => cli::generate::completions(a),
+        Command::Man(a) => cli::generate::man(a),
         Command::Resolve(a) => runtime().map_err(Into::into).and_then(|rt| rt.block_on(cli::resolve::run(a))),
     };
     match result {

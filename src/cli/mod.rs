@@ -6,6 +6,7 @@ pub mod ctl_config;
 pub mod ctl_members;
 pub mod demo;
 pub mod files;
+pub mod generate;
 pub mod init;
 pub mod join;
 pub mod logging;
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 #[command(
     name = "pgha",
     version = crate::VERSION,
+    propagate_version = true,
     about = "Highly available PostgreSQL from one binary: Raft consensus, HA loop, REST API and proxy",
     long_about = "Highly available PostgreSQL from one binary.\n\nOn the first node: `pgha init --name node1 --advertise 10.0.0.11`, then start `pgha run` (or `systemctl enable --now pgha`).\nOn every other node: `pgha join <TOKEN> --name node2 --advertise 10.0.0.12`, then start `pgha run`.\nTo try it locally: `pgha demo`."
 )]
@@ -54,8 +56,11 @@ pub enum Command {
     /// certificates by CSR, and writes the config and an empty Raft store. Start `pgha run`
     /// afterwards: the node catches up as a learner and becomes a voter.
     Join(join::JoinArgs),
-    /// Run this node: the Raft member, the REST API (and, in later versions, Postgres
-    /// supervision and the proxy). Started by systemd as `pgha.service`.
+    /// Run this node: the Raft member, the REST API and, on a data member, the HA loop that
+    /// supervises Postgres. Started by systemd as `pgha.service`.
+    ///
+    /// SIGTERM or SIGINT stops it in order (Postgres cleanly, a held lease released first);
+    /// SIGHUP re-reads the config file (`systemctl reload pgha`).
     Run(run::RunArgs),
     /// Operate the cluster through the REST API (like patronictl).
     Ctl(ctl::CtlArgs),
@@ -64,6 +69,12 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Print the version.
     Version,
+    /// Write a shell completion script to stdout (packaging).
+    #[command(hide = true)]
+    Completions(generate::CompletionsArgs),
+    /// Write the man pages into a directory (packaging).
+    #[command(hide = true)]
+    Man(generate::ManArgs),
     /// Print the addresses pgha resolves a host name to, without libc (diagnostics).
     #[command(hide = true)]
     Resolve(resolve::ResolveArgs),
