@@ -10,8 +10,10 @@ pub mod generate;
 pub mod init;
 pub mod join;
 pub mod logging;
+pub mod reload;
 pub mod resolve;
 pub mod run;
+pub mod service;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

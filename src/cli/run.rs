@@ -3,7 +3,11 @@
 //! the Raft member, its transport, the REST API and, on a data member, the HA loop on one tokio
 //! runtime, and stops them in order on SIGTERM/SIGINT: the HA loop first (it stops Postgres and
 //! releases a held lease), then the Raft member (a leader first hands leadership away).
+//! Under systemd it reports readiness, status and stops (`service`); SIGHUP re-reads the
+//! config file (`reload`).
 
+use super::reload::Reloader;
+use super::service::Service;
 use super::ConfigArg;
 use crate::api::client::ApiClient;
 use crate::api::server::{self, ApiContext};
@@ -49,9 +53,12 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    // First, while no other thread exists: systemd's variables leave the environment, so
+    // Postgres children never talk to systemd themselves.
+    let service = Service::from_env();
     let path = args.config.path();
     let cfg = LocalConfig::load(&path)?;
-    super::logging::init(Some(&cfg.log));
+    let log = super::logging::init_reloadable(&cfg.log)?;
     // Before dropping privileges: it moves raft.data_dir aside inside its parent, which
     // `init`/`join` run as root leave owned by root; the new store is handed over below.
     let forced =
@@ -77,7 +84,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(cfg, forced, spawner.zip(fencer)))
+    let reloader = Reloader::new(path, cfg.clone(), log);
+    rt.block_on(serve(cfg, forced, spawner.zip(fencer), service, reloader))
 }
 
 /// As root: hand our directories to the service user and drop to it (no threads exist yet,
@@ -89,6 +97,10 @@ fn become_service_user(cfg: &LocalConfig, path: &Path) -> Result<()> {
         std::fs::create_dir_all(&cfg.raft.data_dir)
             .with_context(|| format!("cannot create raft.data_dir {}", cfg.raft.data_dir.display()))?;
         user::chown_tree(&cfg.raft.data_dir, u.uid, u.gid)?;
+        if let Some(log_file) = &cfg.log.file {
+            // Opened as root above; SIGHUP reopens it as the service user.
+            user::chown_tree(log_file, u.uid, u.gid)?;
+        }
         if !cfg.witness {
             // The data directory's parent holds pgha's socket directory, the server log and
             // clones in progress: the service user must write there.
@@ -164,6 +176,8 @@ async fn serve(
     cfg: LocalConfig,
     forced: Option<MemberMeta>,
     postgres: Option<(Spawner, Arc<FencerHandle>)>,
+    service: Service,
+    mut reloader: Reloader,
 ) -> Result<()> {
     let node_tls = NodeTls::load(&cfg.tls.cafile, &cfg.tls.certfile, &cfg.tls.keyfile)?;
     if node_tls.scope() != cfg.scope {
@@ -232,7 +246,7 @@ async fn serve(
         scope: cfg.scope.clone(),
         me: cfg.name.clone(),
         safety_margin_s: cfg.watchdog.safety_margin,
-        ha: ha_control,
+        ha: ha_control.clone(),
         superuser: cfg.postgresql.authentication.superuser.clone(),
         peers: ApiClient::new(
             Vec::new(),
@@ -246,6 +260,7 @@ async fn serve(
         ctx,
         shutdown_rx.clone(),
     ));
+    service.ready(cfg.name.as_str(), handle.clone(), ha_control, shutdown_rx.clone());
     let mut driver = tokio::spawn(driver::run(core, io, outbox, shutdown_rx, meta.seed_peers.clone()));
     tracing::info!(
         member = %cfg.name,
@@ -258,19 +273,30 @@ async fn serve(
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let fencer_died = async {
         match &fencer {
             Some(f) => f.wait_death().await,
             None => std::future::pending().await,
         }
     };
-    let result = tokio::select! {
-        r = &mut driver => r,
-        // Postgres would no longer be fenced: stop at once, and with us the postmaster (its
-        // parent-death signal) — never run a primary unfenced.
-        why = fencer_died => bail!("the fencer process died ({why}); stopping so Postgres is never left unfenced"),
-        _ = term.recv() => { stop_ha(&ha_stop_tx, ha.take()).await; let _ = shutdown_tx.send(true); driver.await }
-        _ = int.recv() => { stop_ha(&ha_stop_tx, ha.take()).await; let _ = shutdown_tx.send(true); driver.await }
+    tokio::pin!(fencer_died);
+    let result = loop {
+        let stop = tokio::select! {
+            r = &mut driver => break r,
+            // Postgres would no longer be fenced: stop at once, and with us the postmaster (its
+            // parent-death signal) — never run a primary unfenced.
+            why = &mut fencer_died => bail!("the fencer process died ({why}); stopping so Postgres is never left unfenced"),
+            _ = term.recv() => true,
+            _ = int.recv() => true,
+            _ = hup.recv() => { service.reload(&mut reloader); false }
+        };
+        if stop {
+            service.stopping();
+            stop_ha(&ha_stop_tx, ha.take()).await;
+            let _ = shutdown_tx.send(true);
+            break driver.await;
+        }
     };
     stop_ha(&ha_stop_tx, ha.take()).await;
     let _ = shutdown_tx.send(true);

@@ -3,5 +3,6 @@
 //! submodule owns one noun; none of them decides policy (when to drop privileges, which
 //! directories to chown): the CLI and the drivers do.
 
+pub mod notify;
 pub mod resolve;
 pub mod user;

@@ -388,12 +388,18 @@ ctl:\n  certfile: {d}/tls/ctl.crt\n  keyfile: {d}/tls/ctl.key\n  cacert: {d}/tls
     }
 
     pub fn start_with(&mut self, i: usize, extra: &[&str]) {
+        self.start_env(i, extra, &[]);
+    }
+
+    /// As [`Cluster::start_with`], with extra environment variables (systemd's, say).
+    pub fn start_env(&mut self, i: usize, extra: &[&str], env: &[(&str, &str)]) {
         assert!(!self.is_running(i), "{} is already running", self.nodes[i].name);
         let node = &mut self.nodes[i];
         let log = fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("open a node log");
         let log2 = log.try_clone().expect("clone a log handle");
         let mut cmd = pgha();
-        cmd.args(["run", "--config", node.config_str()]).args(extra).stdout(log2).stderr(log);
+        cmd.args(["run", "--config", node.config_str()]).args(extra).envs(env.iter().copied());
+        cmd.stdout(log2).stderr(log);
         // SAFETY: prctl is async-signal-safe. If the test process dies outright the node dies
         // too (until it drops root, which clears the setting; Drop covers the normal paths).
         unsafe {
@@ -424,6 +430,11 @@ ctl:\n  certfile: {d}/tls/ctl.crt\n  keyfile: {d}/tls/ctl.key\n  cacert: {d}/tls
             self.nodes[i].child.as_ref().unwrap_or_else(|| panic!("{} is not running", self.nodes[i].name));
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, sig).unwrap_or_else(|e| panic!("kill {sig} {pid}: {e}"));
+    }
+
+    /// SIGHUP node `i`'s pgha (`systemctl reload`).
+    pub fn sighup(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGHUP);
     }
 
     /// SIGSTOP node `i`'s pgha (a hung process); SIGCONT resumes it.

@@ -18,3 +18,4 @@ mod operations;
 mod postgres;
 mod recovery;
 mod security;
+mod systemd;
