@@ -2,9 +2,11 @@
 //! directory; output: a [`BinDir`] in which every program pgha runs exists. Order (DESIGN.md,
 //! "User-facing contract"): the configured directory; else the version in the data directory's
 //! `PG_VERSION` under the package layouts (Debian `/usr/lib/postgresql/<v>/bin`, PGDG RPM
-//! `/usr/pgsql-<v>/bin`); else the newest installed version of those layouts. It only reads the
-//! file system and never picks a version other than the data directory's: starting a data
-//! directory with another major version's binaries fails, or worse, on an upgrade path.
+//! `/usr/pgsql-<v>/bin`); else the newest installed version of those layouts; else, when none
+//! of those exists, `/usr/bin` if RHEL's or Fedora's own `postgresql-server` package put the
+//! programs there (what the pgha RPM's dependency may bring). It never picks a version other
+//! than the data directory's: starting a data directory with another major version's binaries
+//! fails, or worse, on an upgrade path; for `/usr/bin` the version is asked of `postgres -V`.
 
 use crate::pg::error::PgError;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,9 @@ pub struct Layout {
 pub const LAYOUTS: [Layout; 2] =
     [Layout { parent: "/usr/lib/postgresql", prefix: "" }, Layout { parent: "/usr", prefix: "pgsql-" }];
 
+/// Where the distributions' own unversioned packages (RHEL/Fedora `postgresql-server`) install.
+pub const UNVERSIONED: &str = "/usr/bin";
+
 /// A directory holding every program in [`REQUIRED`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BinDir(PathBuf);
@@ -31,16 +36,17 @@ pub struct BinDir(PathBuf);
 impl BinDir {
     /// Resolves the directory on this machine; see the module comment for the order.
     pub fn resolve(configured: Option<&Path>, data_dir: &Path) -> Result<BinDir, PgError> {
-        BinDir::resolve_in(configured, data_dir, Path::new("/"), &LAYOUTS)
+        BinDir::resolve_in(configured, data_dir, Path::new("/"), &LAYOUTS, &major_version_of)
     }
 
     /// As [`BinDir::resolve`], with the layouts' absolute parents taken below `root` (tests
-    /// build a fake tree).
+    /// build a fake tree) and the major version of a directory's `postgres` from `version_of`.
     pub fn resolve_in(
         configured: Option<&Path>,
         data_dir: &Path,
         root: &Path,
         layouts: &[Layout],
+        version_of: &dyn Fn(&Path) -> Option<String>,
     ) -> Result<BinDir, PgError> {
         if let Some(dir) = configured {
             return BinDir::checked(dir.to_owned());
@@ -54,8 +60,14 @@ impl BinDir {
                     .iter()
                     .map(|l| under_root(l.parent).join(format!("{}{version}", l.prefix)).join("bin"))
                     .collect();
+                let unversioned = under_root(UNVERSIONED);
                 return match candidates.iter().find(|dir| dir.is_dir()) {
                     Some(dir) => BinDir::checked(dir.clone()),
+                    None if unversioned.join("postgres").is_file()
+                        && version_of(&unversioned).as_deref() == Some(version.as_str()) =>
+                    {
+                        BinDir::checked(unversioned)
+                    }
                     None => Err(PgError::VersionNotInstalled {
                         data_dir: data_dir.to_owned(),
                         version,
@@ -83,12 +95,15 @@ impl BinDir {
             }
         }
         found.sort();
+        let unversioned = under_root(UNVERSIONED);
         match found.pop() {
             Some((_, dir)) => BinDir::checked(dir),
+            None if unversioned.join("postgres").is_file() => BinDir::checked(unversioned),
             None => Err(PgError::NoBinDir {
                 searched: layouts
                     .iter()
                     .map(|l| format!("{}/{}*/bin", under_root(l.parent).display(), l.prefix))
+                    .chain(std::iter::once(unversioned.display().to_string()))
                     .collect::<Vec<_>>()
                     .join(", "),
             }),
@@ -112,6 +127,24 @@ impl BinDir {
     /// The full path of one program in this directory.
     pub fn program(&self, name: &str) -> PathBuf {
         self.0.join(name)
+    }
+}
+
+/// The major version `dir/postgres -V` reports (`postgres (PostgreSQL) 15.4` -> `15`), the
+/// spelling of `PG_VERSION`. `-V` prints and exits before any check of the data or the user.
+fn major_version_of(dir: &Path) -> Option<String> {
+    let out = std::process::Command::new(dir.join("postgres")).arg("-V").output().ok()?;
+    major_of(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn major_of(version_line: &str) -> Option<String> {
+    let full = version_line.split_whitespace().find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    let parts: Vec<&str> = full.split(|c: char| !c.is_ascii_digit()).collect();
+    match parts.as_slice() {
+        // Before 10 the major version had two parts (9.6).
+        [major, minor, ..] if major.parse::<u32>().ok()? < 10 => Some(format!("{major}.{minor}")),
+        [major, ..] if !major.is_empty() => Some((*major).to_owned()),
+        _ => None,
     }
 }
 
@@ -147,6 +180,39 @@ mod tests {
 
     const ALL: &[&str] = &REQUIRED;
 
+    fn no_version(_: &Path) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn rhel_s_own_package_in_usr_bin_is_the_last_resort() {
+        let t = tree("usrbin", &[("usr/bin", ALL), ("data15", &[]), ("data16", &[]), ("nodata", &[])]);
+        let root = &t.0;
+        std::fs::write(root.join("data15/PG_VERSION"), "15\n").unwrap();
+        std::fs::write(root.join("data16/PG_VERSION"), "16\n").unwrap();
+        let fifteen = |_: &Path| Some("15".to_owned());
+        let resolve = |data: &str| BinDir::resolve_in(None, &root.join(data), root, &LAYOUTS, &fifteen);
+        assert_eq!(resolve("nodata").unwrap().path(), root.join("usr/bin"));
+        assert_eq!(resolve("data15").unwrap().path(), root.join("usr/bin"));
+        // /usr/bin holds 15: a data directory of 16 is never started with it.
+        let err = resolve("data16").unwrap_err();
+        assert!(matches!(&err, PgError::VersionNotInstalled { version, .. } if version == "16"), "{err}");
+        // A versioned layout wins over /usr/bin.
+        let t = tree("usrbin2", &[("usr/bin", ALL), ("usr/pgsql-16/bin", ALL)]);
+        let got = BinDir::resolve_in(None, &t.0.join("none"), &t.0, &LAYOUTS, &fifteen).unwrap();
+        assert_eq!(got.path(), t.0.join("usr/pgsql-16/bin"));
+    }
+
+    #[test]
+    fn major_versions_from_postgres_v() {
+        assert_eq!(major_of("postgres (PostgreSQL) 15.4 (Debian 15.4-1.pgdg120+1)\n").as_deref(), Some("15"));
+        assert_eq!(major_of("postgres (PostgreSQL) 17beta2").as_deref(), Some("17"));
+        assert_eq!(major_of("postgres (PostgreSQL) 9.6.24").as_deref(), Some("9.6"));
+        assert_eq!(major_of("").as_deref(), None);
+        let bin = BinDir::resolve(None, Path::new("/nonexistent")).unwrap();
+        assert_eq!(major_version_of(bin.path()).as_deref(), Some("15"));
+    }
+
     #[test]
     fn resolution_order() {
         let t = tree(
@@ -168,7 +234,13 @@ mod tests {
         std::fs::write(root.join("data13/PG_VERSION"), "13\n").unwrap();
         std::fs::write(root.join("data14/PG_VERSION"), "14\n").unwrap();
         let resolve = |configured: Option<&str>, data: &str| {
-            BinDir::resolve_in(configured.map(|c| root.join(c)).as_deref(), &root.join(data), root, &LAYOUTS)
+            BinDir::resolve_in(
+                configured.map(|c| root.join(c)).as_deref(),
+                &root.join(data),
+                root,
+                &LAYOUTS,
+                &no_version,
+            )
         };
         // The configured directory wins, even over the data directory's version.
         assert_eq!(resolve(Some("custom"), "data13").unwrap().path(), root.join("custom"));
@@ -186,13 +258,14 @@ mod tests {
     #[test]
     fn missing_programs_are_named() {
         let t = tree("missing", &[("partial", &["postgres", "initdb", "pg_controldata"])]);
-        let err = BinDir::resolve_in(Some(&t.0.join("partial")), &t.0, &t.0, &LAYOUTS).unwrap_err();
+        let err =
+            BinDir::resolve_in(Some(&t.0.join("partial")), &t.0, &t.0, &LAYOUTS, &no_version).unwrap_err();
         match &err {
             PgError::MissingBinaries { missing, .. } => assert_eq!(missing, &["pg_basebackup", "pg_rewind"]),
             other => panic!("{other}"),
         }
         assert!(err.to_string().contains("postgresql.bin_dir"), "{err}");
-        let err = BinDir::resolve_in(None, &t.0, &t.0.join("empty-root"), &LAYOUTS).unwrap_err();
+        let err = BinDir::resolve_in(None, &t.0, &t.0.join("empty-root"), &LAYOUTS, &no_version).unwrap_err();
         assert!(matches!(err, PgError::NoBinDir { .. }), "{err}");
         assert!(err.to_string().contains("apt-get install postgresql-15"), "{err}");
     }
