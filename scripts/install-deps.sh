@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages pgha's build, tests and benchmarks need, if missing:
 # PostgreSQL 15 server binaries, curl and jq (benchmark scripts), gcc (for ring's C parts), haproxy
-# (the integration test that puts HAProxy in front of pgha's health checks, as the seeds do).
+# (the integration test that puts HAProxy in front of pgha's health checks, as the seeds do),
+# rpm (rpmbuild makes the .rpm and `rpm -qp` inspects it) and systemd (`systemd-analyze
+# verify` checks the unit, man-db finds its man pages) for scripts/test-packages.sh.
 set -euo pipefail
 need=()
-for p in postgresql-15 curl jq gcc ca-certificates haproxy; do
+for p in postgresql-15 curl jq gcc ca-certificates haproxy rpm systemd man-db; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

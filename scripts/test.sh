@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command (README): static checks, then every test — unit tables, the deterministic
-# Raft/lease simulation (tests/sim) and the integration suite with real `pgha` processes
-# (tests/it). Fails on the first problem.
+# The test command (README): static checks, the release as an operator meets it (static
+# binary, .deb and .rpm, installed and purged: scripts/test-packages.sh, as root), then every
+# test — unit tables, the deterministic Raft/lease simulation (tests/sim) and the integration
+# suite with real `pgha` processes (tests/it). Fails on the first problem.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== format"
@@ -13,5 +14,11 @@ if cargo tree -q -i aws-lc-rs >/dev/null 2>&1; then
 fi
 echo "== clippy"
 cargo clippy --all-targets -- -D warnings
+echo "== packages"
+if [ "$(id -u)" = 0 ]; then
+  scripts/test-packages.sh
+else
+  echo "skipped: scripts/test-packages.sh installs a .deb and needs root (CI runs as root)"
+fi
 echo "== tests"
 cargo test -- --test-threads=2
