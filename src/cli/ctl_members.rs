@@ -22,7 +22,8 @@ use crate::ha::manual::NOT_SATISFIED;
 pub struct ListArgs {
     /// Cluster name (optional, must be this cluster's scope)
     pub cluster: Option<String>,
-    /// Also show the pending restart and tags columns when no member has them
+    /// Also show the pending restart and tags columns when no member has them, and each
+    /// member's pgha version (asked of the member itself: during a rolling upgrade)
     #[arg(long, short = 'e')]
     pub extended: bool,
 }
@@ -150,6 +151,9 @@ pub fn list_rows(c: &Value) -> Vec<Map<String, Value>> {
             let pending = if m["pending_restart"] == true { "*" } else { "" };
             row.insert("Pending restart".into(), pending.into());
             row.insert("Tags".into(), if m["tags"].is_object() { m["tags"].clone() } else { "".into() });
+            if let Some(v) = m.get("version") {
+                row.insert("Version".into(), v.clone());
+            }
             row
         })
         .collect()
@@ -188,8 +192,9 @@ pub fn list_output(c: &Value, format: Format, extended: bool, topology: bool) ->
         }
     }
     let mut columns: Vec<&str> = LIST_COLUMNS.to_vec();
-    for extra in ["Pending restart", "Tags"] {
-        if extended || rows.iter().any(|r| !cell(&r[extra]).is_empty()) {
+    for extra in ["Pending restart", "Tags", "Version"] {
+        let present = rows.iter().any(|r| r.contains_key(extra));
+        if present && (extended || rows.iter().any(|r| !cell(&r[extra]).is_empty())) {
             columns.push(extra);
         }
     }
@@ -219,8 +224,11 @@ pub fn list_output(c: &Value, format: Format, extended: bool, topology: bool) ->
 }
 
 pub async fn list(api: &ApiClient, args: ListArgs, format: Format, topology: bool) -> Result<()> {
-    let c = cluster(api).await?;
+    let mut c = cluster(api).await?;
     check_cluster(&c, args.cluster.as_deref())?;
+    if args.extended {
+        add_versions(api, &mut c).await;
+    }
     print!("{}", list_output(&c, format, args.extended, topology));
     Ok(())
 }
@@ -359,6 +367,27 @@ pub async fn version(api: &ApiClient) -> Result<()> {
     Ok(())
 }
 
+/// Each data member's pgha version, asked of its own `/patroni` (the replicated state only
+/// knows the version a member joined with); `?` for a member that does not answer.
+async fn add_versions(api: &ApiClient, c: &mut Value) {
+    let all = MemberActionArgs { names: vec![], role: "any".into(), force: true };
+    let Ok(targets) = targets(c, &all) else { return };
+    let mut versions = std::collections::BTreeMap::new();
+    for (name, addr) in targets {
+        let v = match api.with_endpoint(addr).get::<Value>("/patroni").await {
+            Ok((_, v)) => v["patroni"]["version"].as_str().unwrap_or("?").to_string(),
+            Err(_) => "?".to_string(),
+        };
+        versions.insert(name, v);
+    }
+    if let Some(members) = c["members"].as_array_mut() {
+        for m in members {
+            let v = m["name"].as_str().and_then(|n| versions.get(n)).cloned().unwrap_or_else(|| "?".into());
+            m["version"] = v.into();
+        }
+    }
+}
+
 /// `pause` / `resume`: the dynamic config's `pause`, then (with `--wait`) until every member
 /// shows it.
 pub async fn toggle_pause(api: &ApiClient, args: PauseArgs, pause: bool) -> Result<()> {
@@ -450,6 +479,14 @@ mod tests {
         plain["members"][1].as_object_mut().unwrap().remove("tags");
         let t = list_output(&plain, Format::Table, false, false);
         assert!(!t.contains("Pending restart") && !t.contains("Tags"), "{t}");
+        // Versions (ctl list -e adds them) show in their own column.
+        let mut versions = plain.clone();
+        for m in versions["members"].as_array_mut().unwrap() {
+            m["version"] = "0.1.0".into();
+        }
+        let t = list_output(&versions, Format::Table, true, false);
+        assert!(t.contains("| Version |") && t.contains("| 0.1.0   |"), "{t}");
+        assert!(!list_output(&plain, Format::Table, true, false).contains("Version"));
         let topo = list_output(&plain, Format::Table, false, true);
         assert!(topo.contains("| + node2"), "{topo}");
     }
