@@ -190,7 +190,9 @@ for i in $(seq 1 120); do
 done
 grep -q '"Role": *"Leader"' <<<"$list" || fail "no running leader within 60 s: $list"
 ctl_version=$(pgha ctl version 2>&1) || fail "pgha ctl version: $ctl_version"
-expect_contains "$ctl_version" "$version"
+expect_contains "$ctl_version" "node1: pgha $version"
+extended=$(pgha ctl list -e 2>&1) || fail "pgha ctl list -e: $extended"
+expect_contains "$extended" "Version" "$version"
 kill -TERM "$run_pid"
 wait "$run_pid" || fail "pgha run did not stop cleanly on SIGTERM (exit $?)"
 run_pid=
