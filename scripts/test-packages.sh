@@ -155,12 +155,9 @@ bash -c 'source /usr/share/bash-completion/completions/pgha && complete -p pgha'
 systemd-analyze verify /lib/systemd/system/pgha.service || fail "systemd-analyze verify rejects pgha.service"
 
 echo "== deb: pgha init at the default paths, then one node as pgha.service runs it"
-token=$(pgha init --name node1 --advertise 127.0.0.1 2>"$tmp/init.log") || fail "pgha init: $(cat "$tmp/init.log")"
-[ -n "$token" ] || fail "pgha init printed no join token"
-[ "$(stat -c '%U %a' /etc/pgha/node.key)" = "postgres 600" ] || fail "node.key: $(stat -c '%U %a' /etc/pgha/node.key)"
-[ "$(stat -c '%U' /etc/pgha/pgha.yml)" = "postgres" ] || fail "pgha.yml is not the service user's"
-[ -d /var/lib/pgha/raft ] || fail "init made no /var/lib/pgha/raft"
-# Free loopback ports instead of 8008/5010/5432, which something else may hold here.
+# As configuration management would: the file first, with free loopback ports instead of
+# 8008/5010/5432 (something else may hold them here), then `pgha init` fills in the rest.
+# (Addresses must be right before init: they go into the certificates and the cluster state.)
 free_port() {
   local p
   while :; do
@@ -172,10 +169,20 @@ api=$(free_port)
 raft=$(free_port)
 pg=$(free_port)
 [ "$api" != "$raft" ] && [ "$raft" != "$pg" ] && [ "$api" != "$pg" ] || fail "port draw collided; run again"
-sed -i -e "s/0\.0\.0\.0:8008/127.0.0.1:$api/; s/127\.0\.0\.1:8008/127.0.0.1:$api/" \
-  -e "s/0\.0\.0\.0:5010/127.0.0.1:$raft/; s/127\.0\.0\.1:5010/127.0.0.1:$raft/" \
-  -e "s/0\.0\.0\.0:5432/127.0.0.1:$pg/; s/127\.0\.0\.1:5432/127.0.0.1:$pg/" /etc/pgha/pgha.yml
-printf 'proxy:\n  listen: "off"\n  replicas_listen: "off"\nwatchdog:\n  mode: "off"\n' >>/etc/pgha/pgha.yml
+cat >/etc/pgha/pgha.yml <<EOF
+scope: pgha
+name: node1
+restapi: { listen: "127.0.0.1:$api" }
+raft: { listen: "127.0.0.1:$raft" }
+postgresql: { listen: "127.0.0.1:$pg" }
+proxy: { listen: "off", replicas_listen: "off" }
+watchdog: { mode: "off" }
+EOF
+token=$(pgha init --name node1 2>"$tmp/init.log") || fail "pgha init: $(cat "$tmp/init.log")"
+[ -n "$token" ] || fail "pgha init printed no join token"
+[ "$(stat -c '%U %a' /etc/pgha/node.key)" = "postgres 600" ] || fail "node.key: $(stat -c '%U %a' /etc/pgha/node.key)"
+[ "$(stat -c '%U %a' /etc/pgha/ctl.key)" = "postgres 600" ] || fail "ctl.key: $(stat -c '%U %a' /etc/pgha/ctl.key)"
+[ "$(stat -c '%U' /var/lib/pgha/raft)" = "postgres" ] || fail "init made no postgres-owned /var/lib/pgha/raft"
 # As the unit: User=postgres, /usr/bin/pgha run, the default config path (setpriv execs, so
 # the pid is pgha's own and gets the SIGTERM systemd would send).
 setpriv --reuid=postgres --regid=postgres --init-groups /usr/bin/pgha run >"$tmp/run.log" 2>&1 &
