@@ -11,7 +11,10 @@ use super::health::{self, Check, MemberHealth, PgRunState, Query, ReplicaKind};
 use super::server::ApiContext;
 use crate::dcs::state::ClusterState;
 use crate::dcs::state::Tags;
-use crate::ha::control::{NodeView, Request, RequestError, RoleFilter};
+use crate::dcs::state::{Command, Outcome, Rejection, ScheduledRestart};
+use crate::ha::control::{
+    parse_postgres_version, NodeView, Request, RequestError, RestartConditions, RoleFilter,
+};
 use crate::ha::observe::{LocalPg, PgRole};
 use crate::types::{Lsn, MemberName};
 use axum::body::Bytes;
@@ -57,7 +60,7 @@ pub fn routes() -> Router<ApiContext> {
     let mut r = Router::new()
         .route("/patroni", get(patroni).options(patroni))
         .route("/metrics", get(metrics))
-        .route("/restart", post(restart))
+        .route("/restart", post(restart).delete(cancel_restart))
         .route("/reload", post(reload))
         .route("/reinitialize", post(reinitialize))
         .route("/dsn", get(dsn));
@@ -73,6 +76,8 @@ struct Snapshot {
     view: Option<Arc<NodeView>>,
     cluster: Option<Arc<ClusterState>>,
     lease_valid: bool,
+    /// Time left on this member's own lease deadline (zero unless it holds a valid lease).
+    lease_left: Duration,
 }
 
 impl Snapshot {
@@ -86,15 +91,16 @@ impl Snapshot {
 }
 
 async fn snapshot(ctx: &ApiContext) -> Snapshot {
-    let lease_valid = match ctx.dcs.lease().await {
-        Ok(l) => l.deadline.is_some() && l.holder.as_ref() == Some(&ctx.me),
-        Err(_) => false,
+    let (lease_valid, lease_left) = match ctx.dcs.lease().await {
+        Ok(l) if l.deadline.is_some() && l.holder.as_ref() == Some(&ctx.me) => (true, l.time_left),
+        _ => (false, Duration::ZERO),
     };
     Snapshot {
         me: ctx.me.clone(),
         view: ctx.ha.as_ref().and_then(|h| h.view()),
         cluster: ctx.dcs.state(),
         lease_valid,
+        lease_left,
     }
 }
 
@@ -328,6 +334,9 @@ fn member_json(scope: &str, snap: &Snapshot, now_ms: u64) -> Value {
         if c.lease.is_none() {
             o["cluster_unlocked"] = true.into();
         }
+        if let Some(r) = c.members.get(&snap.me).and_then(|m| m.scheduled_restart.as_ref()) {
+            o["scheduled_restart"] = super::patroni::scheduled_restart_json(r);
+        }
     }
     let tags = serde_json::to_value(snap.tags()).unwrap_or_default();
     if tags.as_object().is_some_and(|t| t.values().any(|v| v != &Value::Bool(false))) {
@@ -458,6 +467,17 @@ fn render_metrics(
         }
     }
     gauge("pgha_lease_valid", "This member holds a valid lease by its own clock", b(snap.lease_valid));
+    gauge(
+        "pgha_lease_seconds_left",
+        "Seconds before this member's own lease deadline (0 when it holds none)",
+        snap.lease_left.as_secs_f64(),
+    );
+    gauge("pgha_watchdog_active", "The watchdog device is armed", b(view.is_some_and(|v| v.watchdog_active)));
+    gauge(
+        "pgha_watchdog_failed",
+        "watchdog.mode is required and no watchdog works: this member may not become primary",
+        b(view.is_some_and(|v| v.watchdog_failed)),
+    );
     out
 }
 
@@ -532,24 +552,13 @@ fn outcome(ok: StatusCode, reply: Result<String, RequestError>) -> Response {
 
 async fn restart(State(ctx): State<ApiContext>, body: Bytes) -> Result<Response, ApiError> {
     let b: RestartBody = body_or_default(&body)?;
-    if b.schedule.is_some() {
-        return Err(ApiError::BadRequest(
-            "scheduled restarts are not supported yet: restart now, or schedule the call yourself (cron, systemd timer)".into(),
-        ));
-    }
-    if b.postgres_version.is_some() {
-        return Err(ApiError::BadRequest(
-            "postgres_version conditions are not supported yet: leave it out".into(),
-        ));
-    }
-    let role = match b.role.as_deref() {
-        None | Some("any") => None,
-        Some("primary" | "master" | "leader") => Some(RoleFilter::Primary),
-        Some("replica") => Some(RoleFilter::Replica),
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!("role {other:?}: use primary or replica")));
-        }
-    };
+    let role = RoleFilter::parse(b.role.as_deref()).map_err(ApiError::BadRequest)?;
+    let older_than = b
+        .postgres_version
+        .as_deref()
+        .map(parse_postgres_version)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let wait = match b.timeout {
         None => RESTART_REPLY,
         Some(Value::Number(n)) if n.as_u64().is_some() => {
@@ -560,9 +569,45 @@ async fn restart(State(ctx): State<ApiContext>, body: Bytes) -> Result<Response,
         }
         Some(other) => return Err(ApiError::BadRequest(format!("timeout {other}: use seconds, like 60"))),
     };
-    let reply =
-        control(&ctx)?.request(Request::Restart { only_pending: b.restart_pending, role }, wait).await;
-    Ok(outcome(StatusCode::OK, reply))
+    let control = control(&ctx)?;
+    if let Some(schedule) = b.schedule.as_deref() {
+        let at_ms = crate::clock::parse_rfc3339_ms(schedule)
+            .map_err(|e| ApiError::BadRequest(format!("schedule {e}")))?;
+        if at_ms < crate::clock::wall_now_ms() {
+            return Err(ApiError::Unprocessable(format!(
+                "cannot schedule a restart in the past ({schedule})"
+            )));
+        }
+        let planned = ScheduledRestart {
+            at_ms,
+            restart_pending: b.restart_pending,
+            role: role.map(|r| if r == RoleFilter::Primary { "primary" } else { "replica" }.to_string()),
+            postgres_version: b.postgres_version,
+        };
+        let outcome = ctx
+            .dcs
+            .propose(Command::ScheduleRestart { member: ctx.me.clone(), restart: Some(planned) })
+            .await?;
+        return match outcome {
+            Outcome::Rejected { reason } => Err(ApiError::Conflict(reason.to_string())),
+            _ => Ok((StatusCode::ACCEPTED, "Restart scheduled").into_response()),
+        };
+    }
+    let conditions = RestartConditions { only_pending: b.restart_pending, role, older_than };
+    Ok(outcome(StatusCode::OK, control.request(Request::Restart(conditions), wait).await))
+}
+
+/// `DELETE /restart`: drops this member's scheduled restart (Patroni: 200, or 404 if none).
+async fn cancel_restart(State(ctx): State<ApiContext>) -> Result<Response, ApiError> {
+    control(&ctx)?;
+    let outcome = ctx.dcs.propose(Command::ScheduleRestart { member: ctx.me.clone(), restart: None }).await?;
+    match outcome {
+        Outcome::Rejected { reason: r @ Rejection::NoRestartScheduled { .. } } => {
+            Err(ApiError::NotFound(r.to_string()))
+        }
+        Outcome::Rejected { reason } => Err(ApiError::Conflict(reason.to_string())),
+        _ => Ok((StatusCode::OK, "scheduled restart deleted").into_response()),
+    }
 }
 
 async fn reload(State(ctx): State<ApiContext>) -> Result<Response, ApiError> {

@@ -80,6 +80,8 @@ pub enum CtlCommand {
     },
     /// Cancel a scheduled switchover
     CancelSwitchover,
+    /// Cancel scheduled actions: `flush [MEMBER...] restart` or `flush switchover`
+    Flush(super::ctl_members::FlushArgs),
     /// Promote a named member, also when there is no healthy primary
     Failover {
         #[arg(long)]
@@ -141,7 +143,9 @@ pub fn client(config: &ConfigArg, endpoint: Option<&str>) -> Result<ApiClient> {
         Some(e) => e.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
         None => vec![cfg.restapi.connect_address().to_string()],
     };
-    Ok(ApiClient::new(endpoints, tls::api_client_config(&ca, Some(auth))?, Duration::from_secs(10)))
+    let basic = cfg.ctl.authentication.as_ref().or(cfg.restapi.authentication.as_ref());
+    Ok(ApiClient::new(endpoints, tls::api_client_config(&ca, Some(auth))?, Duration::from_secs(10))
+        .with_basic_auth(basic))
 }
 
 pub async fn run(args: CtlArgs) -> Result<()> {
@@ -200,6 +204,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             let (_, d): (_, Done) = api.delete("/switchover").await?;
             println!("{}", d.message);
         }
+        CtlCommand::Flush(a) => super::ctl_members::flush(&api, a).await?,
         CtlCommand::Failover { candidate, force } => {
             if !force {
                 confirm(&format!("Fail over to {candidate}? The current primary, if any, is stopped."))?;

@@ -9,6 +9,7 @@ use super::ctl::confirm;
 use crate::api::client::{ApiClient, ClientError};
 use crate::ctl::output::{self, Format};
 use anyhow::{bail, Context, Result};
+use hyper::Method;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
@@ -49,6 +50,24 @@ pub struct RestartArgs {
     /// Seconds the member waits for Postgres to come back
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Only members running an older PostgreSQL than this (e.g. 15.9: after a minor upgrade)
+    #[arg(long)]
+    pub pg_version: Option<String>,
+    /// Restart later, at this time (ISO 8601 with a time zone, e.g. 2026-11-26T03:00:00+00:00);
+    /// each member does it itself, `pgha ctl flush MEMBER restart` cancels
+    #[arg(long)]
+    pub scheduled: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FlushArgs {
+    /// [cluster] [member...] then what to cancel: `restart` (scheduled restarts of those
+    /// members, default all) or `switchover` (the scheduled switchover)
+    #[arg(required = true)]
+    pub args: Vec<String>,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -149,6 +168,10 @@ pub fn list_rows(c: &Value) -> Vec<Map<String, Value>> {
             row.insert("Replay Lag".into(), lag_mb(&m["replay_lag"]));
             let pending = if m["pending_restart"] == true { "*" } else { "" };
             row.insert("Pending restart".into(), pending.into());
+            row.insert(
+                "Scheduled restart".into(),
+                m["scheduled_restart"]["schedule"].as_str().unwrap_or("").into(),
+            );
             row.insert("Tags".into(), if m["tags"].is_object() { m["tags"].clone() } else { "".into() });
             row
         })
@@ -188,7 +211,7 @@ pub fn list_output(c: &Value, format: Format, extended: bool, topology: bool) ->
         }
     }
     let mut columns: Vec<&str> = LIST_COLUMNS.to_vec();
-    for extra in ["Pending restart", "Tags"] {
+    for extra in ["Pending restart", "Scheduled restart", "Tags"] {
         if extended || rows.iter().any(|r| !cell(&r[extra]).is_empty()) {
             columns.push(extra);
         }
@@ -313,7 +336,52 @@ pub async fn restart(api: &ApiClient, args: RestartArgs) -> Result<()> {
     if let Some(s) = args.timeout {
         body["timeout"] = s.into();
     }
+    if let Some(v) = args.pg_version {
+        body["postgres_version"] = v.into();
+    }
+    if let Some(at) = args.scheduled {
+        body["schedule"] = at.into();
+    }
     on_each(api, "restart", &t, "/restart", body, RESTART_WAIT).await
+}
+
+/// `ctl flush [MEMBER...] restart|switchover`, patronictl's way to cancel what was scheduled.
+pub async fn flush(api: &ApiClient, args: FlushArgs) -> Result<()> {
+    let mut names = args.args;
+    let what = names.pop().unwrap_or_default();
+    let c = cluster(api).await?;
+    match what.as_str() {
+        "switchover" => {
+            let (_, d): (_, crate::api::model::Done) = api.delete("/switchover").await?;
+            println!("{}", d.message);
+            Ok(())
+        }
+        "restart" => {
+            let all = names.is_empty();
+            let t = targets(&c, &MemberActionArgs { names, role: "any".into(), force: true })?;
+            if !args.force {
+                let list: Vec<&str> = t.iter().map(|(n, _)| n.as_str()).collect();
+                confirm(&format!("Cancel the scheduled restart of {}?", list.join(", ")))?;
+            }
+            let mut failed = 0;
+            for (name, addr) in &t {
+                match api.with_endpoint(addr.clone()).call_text(Method::DELETE, "/restart", None::<&()>).await {
+                    Ok((_, text)) => println!("Success: flush scheduled restart for member {name}: {}", text.trim()),
+                    // Flushing every member: those with nothing scheduled are no failure.
+                    Err(ClientError::Refused { status: 404, .. }) if all => {}
+                    Err(e) => {
+                        failed += 1;
+                        println!("Failed: flush scheduled restart for member {name}: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("flush failed on {failed} of {} member(s)", t.len());
+            }
+            Ok(())
+        }
+        other => bail!("flush {other:?}: name what to cancel, `restart` or `switchover` (e.g. pgha ctl flush node2 restart)"),
+    }
 }
 
 pub async fn reload(api: &ApiClient, args: MemberActionArgs) -> Result<()> {
@@ -419,6 +487,7 @@ mod tests {
             "Member",
             "Host",
             "Role",
+            "Scheduled restart",
             "State",
             "TL",
             "Receive LSN",

@@ -239,6 +239,7 @@ async fn serve(
             tls::api_client_config(&node_tls.ca_der, None)?,
             Duration::from_secs(2),
         ),
+        basic_auth: cfg.restapi.authentication.clone(),
     };
     let api = tokio::spawn(server::serve(
         api_listener,

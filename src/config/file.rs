@@ -141,11 +141,19 @@ pub struct RestApiConfig {
     /// not a wildcard.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_address: Option<String>,
+    /// Basic auth that changing calls need on top of the client certificate (Patroni's
+    /// `restapi.authentication`); health checks and reads never need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<Credentials>,
 }
 
 impl Default for RestApiConfig {
     fn default() -> Self {
-        RestApiConfig { listen: DEFAULT_RESTAPI_LISTEN.to_owned(), connect_address: None }
+        RestApiConfig {
+            listen: DEFAULT_RESTAPI_LISTEN.to_owned(),
+            connect_address: None,
+            authentication: None,
+        }
     }
 }
 
@@ -317,6 +325,9 @@ pub struct CtlConfig {
     pub certfile: PathBuf,
     pub keyfile: PathBuf,
     pub cacert: PathBuf,
+    /// Basic auth `pgha ctl` sends; default: `restapi.authentication` (as patronictl does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<Credentials>,
 }
 
 impl Default for CtlConfig {
@@ -325,6 +336,7 @@ impl Default for CtlConfig {
             certfile: PathBuf::from(DEFAULT_CTL_CERT_FILE),
             keyfile: PathBuf::from(DEFAULT_CTL_KEY_FILE),
             cacert: PathBuf::from(DEFAULT_CA_FILE),
+            authentication: None,
         }
     }
 }

@@ -26,6 +26,24 @@ impl LocalConfig {
         listens.push(("raft.listen", raft));
         v.absolute("raft.data_dir", Some(&self.raft.data_dir), DEFAULT_RAFT_DATA_DIR)?;
 
+        for (key, auth) in [
+            ("restapi.authentication", &self.restapi.authentication),
+            ("ctl.authentication", &self.ctl.authentication),
+        ] {
+            if let Some(a) = auth {
+                if a.username.is_empty() || a.username.contains(':') {
+                    return Err(v.invalid(
+                        format!("{key}.username"),
+                        "is empty or contains ':'",
+                        "use a user name without ':' (basic auth separates user and password with it)",
+                    ));
+                }
+                if a.password.as_deref().is_none_or(str::is_empty) {
+                    return Err(v.invalid(format!("{key}.password"), "is missing", "set a password"));
+                }
+            }
+        }
+
         if !self.witness {
             let pg = &self.postgresql;
             let listen = v.listen("postgresql.listen", &pg.listen)?;

@@ -88,6 +88,25 @@ pub struct Member {
     /// member disappears from the state when that change is applied.
     #[serde(default)]
     pub removing: bool,
+    /// A restart of this member's Postgres planned for later (`POST /restart` with `schedule`);
+    /// its HA loop carries it out and clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_restart: Option<ScheduledRestart>,
+}
+
+/// Patroni's scheduled restart with its conditions, checked when the time comes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledRestart {
+    /// Wall clock, milliseconds since the epoch.
+    pub at_ms: u64,
+    #[serde(default)]
+    pub restart_pending: bool,
+    /// `primary` or `replica`; none: either.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Restart only while the running server is older than this version (e.g. `15.8`).
+    #[serde(default)]
+    pub postgres_version: Option<String>,
 }
 
 /// A one-time join token, stored only as the SHA-256 of its secret.
@@ -268,6 +287,12 @@ pub enum Command {
         request: SwitchoverRequest,
     },
     CancelSwitchover,
+    /// Plans (`Some`) or drops (`None`) a restart of `member`'s Postgres. Only one may be
+    /// planned at a time, as in Patroni.
+    ScheduleRestart {
+        member: MemberName,
+        restart: Option<ScheduledRestart>,
+    },
     /// Replaces the dynamic configuration if `expected_version` is current (the proposer
     /// validated it; every node re-checks its own safety margin when it applies it).
     SetConfig {
@@ -322,6 +347,10 @@ pub enum Rejection {
     TimelineRecorded { timeline: Timeline },
     #[error("{why}")]
     Switchover { why: String },
+    #[error("{member} already has a restart scheduled at {at}: cancel it first (DELETE /restart, `pgha ctl flush MEMBER restart`)")]
+    RestartScheduled { member: MemberName, at: String },
+    #[error("{member} has no scheduled restart")]
+    NoRestartScheduled { member: MemberName },
     #[error("the configuration changed meanwhile (version {actual}, expected {expected}): reload and retry")]
     ConfigVersion { expected: u64, actual: u64 },
 }
@@ -374,6 +403,7 @@ impl ClusterState {
                 version: first.version,
                 status: None,
                 removing: false,
+                scheduled_restart: None,
             },
         );
         ClusterState {
@@ -489,6 +519,7 @@ impl ClusterState {
                 self.switchover = None;
                 Outcome::Accepted
             }
+            Command::ScheduleRestart { member, restart } => self.schedule_restart(member, restart),
             Command::SetConfig { expected_version, config } => self.set_config(expected_version, config),
             Command::PruneTokens { now_ms } => {
                 self.tokens.retain(|_, t| t.used_by.is_none() && t.expires_at_ms > now_ms);
@@ -612,6 +643,7 @@ impl ClusterState {
                 version: m.version,
                 status: None,
                 removing: false,
+                scheduled_restart: None,
             },
         );
         Outcome::Joined { node_id }

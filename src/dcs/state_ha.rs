@@ -4,7 +4,8 @@
 //! local view may propose, it cannot win). Deterministic like the rest of `apply`.
 
 use super::state::{
-    ClusterState, HistoryEntry, Initialize, MemberStatus, Outcome, Rejection, SwitchoverRequest,
+    ClusterState, HistoryEntry, Initialize, MemberStatus, Outcome, Rejection, ScheduledRestart,
+    SwitchoverRequest,
 };
 use crate::config::dynamic::DynamicConfig;
 use crate::types::{LeaseEpoch, Lsn, MemberName};
@@ -71,6 +72,29 @@ impl ClusterState {
                 Outcome::Accepted
             }
             None => Outcome::Rejected { reason: Rejection::UnknownMember { member } },
+        }
+    }
+
+    pub(super) fn schedule_restart(
+        &mut self,
+        member: MemberName,
+        restart: Option<ScheduledRestart>,
+    ) -> Outcome {
+        let Some(m) = self.members.get_mut(&member) else {
+            return Outcome::Rejected { reason: Rejection::UnknownMember { member } };
+        };
+        if m.witness {
+            return Outcome::Rejected { reason: Rejection::Witness { member } };
+        }
+        match (&m.scheduled_restart, restart) {
+            (Some(planned), Some(_)) => Outcome::Rejected {
+                reason: Rejection::RestartScheduled { at: crate::clock::rfc3339_ms(planned.at_ms), member },
+            },
+            (None, None) => Outcome::Rejected { reason: Rejection::NoRestartScheduled { member } },
+            (_, new) => {
+                m.scheduled_restart = new;
+                Outcome::Accepted
+            }
         }
     }
 

@@ -353,3 +353,34 @@ fn apply_is_deterministic() {
     assert_eq!(oa, ob);
     assert_eq!(serde_json::to_vec(&a).unwrap(), serde_json::to_vec(&b).unwrap());
 }
+
+#[test]
+fn a_member_has_at_most_one_scheduled_restart() {
+    let planned =
+        |at_ms| ScheduledRestart { at_ms, restart_pending: false, role: None, postgres_version: None };
+    let schedule =
+        |m: &str, r: Option<ScheduledRestart>| Command::ScheduleRestart { member: name(m), restart: r };
+    // (state before: n2's planned restart, command, outcome kind, n2's planned restart after)
+    let cases: Vec<(Option<u64>, Command, &str, Option<u64>)> = vec![
+        (None, schedule("n2", Some(planned(5))), "accepted", Some(5)),
+        (Some(5), schedule("n2", Some(planned(9))), "restart_scheduled", Some(5)),
+        (Some(5), schedule("n2", None), "accepted", None),
+        (None, schedule("n2", None), "no_restart_scheduled", None),
+        (None, schedule("ghost", Some(planned(5))), "unknown_member", None),
+        (None, schedule("n3", Some(planned(5))), "witness", None),
+    ];
+    for (before, cmd, want, after) in cases {
+        let mut s = St::three().witness("n3").0;
+        s.members.get_mut(&name("n2")).unwrap().scheduled_restart = before.map(planned);
+        let out = s.apply(cmd.clone());
+        let kind = match &out {
+            Outcome::Accepted => "accepted".to_string(),
+            Outcome::Rejected { reason } => {
+                serde_json::to_value(reason).unwrap()["reason"].as_str().unwrap().to_string()
+            }
+            other => format!("{other:?}"),
+        };
+        assert_eq!(kind, want, "{cmd:?}");
+        assert_eq!(s.members[&name("n2")].scheduled_restart.as_ref().map(|r| r.at_ms), after, "{cmd:?}");
+    }
+}

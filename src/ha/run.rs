@@ -241,6 +241,9 @@ impl HaLoop {
                 self.record_promotion().await;
             }
             self.check_restart(matches!(pg, LocalPg::Running { .. }));
+            if matches!(decision.action, Action::None | Action::RenewLease { .. }) {
+                self.run_scheduled_restart(&cluster, now_ms).await;
+            }
             self.report(&cluster, &pg, probe.as_ref(), now_ms).await;
             self.keep_slots(&cluster, &pg).await;
             self.publish(NodeView {
@@ -252,6 +255,7 @@ impl HaLoop {
                 restarting: self.restart_in_progress.is_some(),
                 reinitializing: false,
                 watchdog_failed: self.watchdog_blocks(),
+                watchdog_active: self.watchdog.is_active(),
             });
             last_decision = Some(decision);
 

@@ -83,6 +83,7 @@ impl Case {
             version: "t".into(),
             status: None,
             removing: false,
+            scheduled_restart: None,
         };
         let mut members = std::collections::BTreeMap::new();
         for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {

@@ -9,6 +9,7 @@
 
 mod harness;
 
+mod api_states;
 mod config;
 mod consensus;
 mod haproxy;
