@@ -409,19 +409,34 @@ pub async fn reinit(api: &ApiClient, args: MemberActionArgs) -> Result<()> {
 
 /// `ctl version`: like patronictl's, the client's version, then each member's (from its
 /// `/patroni`), so a rolling upgrade shows where it stands.
-pub async fn version(api: &ApiClient) -> Result<()> {
-    println!("pgha ctl version {}", crate::VERSION);
+pub async fn version(api: &ApiClient, format: Format) -> Result<()> {
     let c = cluster(api).await?;
     let all = MemberActionArgs { names: vec![], role: "any".into(), force: true };
+    let mut rows = Vec::new();
     for (name, addr) in targets(&c, &all)? {
-        match api.with_endpoint(addr).get::<Value>("/patroni").await {
+        let (pgha, pg) = match api.with_endpoint(addr).get::<Value>("/patroni").await {
             Ok((_, v)) => {
-                let pg = v["server_version"]
-                    .as_u64()
-                    .map_or("-".to_string(), |n| format!("{}.{}", n / 10000, n % 10000));
-                println!("{name}: pgha {} PostgreSQL {pg}", v["patroni"]["version"].as_str().unwrap_or("?"));
+                let pg = v["server_version"].as_u64().map(|n| format!("{}.{}", n / 10000, n % 10000));
+                (v["patroni"]["version"].as_str().map(String::from), pg)
             }
-            Err(e) => println!("{name}: unreachable ({e})"),
+            Err(e) => {
+                eprintln!("{name}: unreachable ({e})");
+                (None, None)
+            }
+        };
+        rows.push(json!({"Member": name, "pgha": pgha, "PostgreSQL": pg}));
+    }
+    match format {
+        Format::Table => {
+            println!("pgha ctl version {}", crate::VERSION);
+            for r in &rows {
+                let text = |v: &Value| v.as_str().unwrap_or("?").to_string();
+                println!("{}: pgha {} PostgreSQL {}", text(&r["Member"]), text(&r["pgha"]), text(&r["PostgreSQL"]));
+            }
+        }
+        _ => {
+            let doc = json!({"ctl": crate::VERSION, "members": rows});
+            print!("{}", output::render(format, &doc, &[], |_| Vec::new()));
         }
     }
     Ok(())

@@ -247,6 +247,12 @@ async fn serve(
         ctx,
         shutdown_rx.clone(),
     ));
+    tokio::spawn(crate::api::known::keep_written(
+        handle.clone(),
+        cfg.raft.data_dir.clone(),
+        cfg.name.clone(),
+        shutdown_rx.clone(),
+    ));
     let mut driver = tokio::spawn(driver::run(core, io, outbox, shutdown_rx, meta.seed_peers.clone()));
     tracing::info!(
         member = %cfg.name,

@@ -243,3 +243,44 @@ fn scheduled_restarts_version_conditions_and_basic_auth() {
     assert!(c.api_get(r, "/patroni").unwrap().get("scheduled_restart").is_none());
     assert_eq!(curl(&c, r, "DELETE", "/restart", true, Some("admin:pw1")).0, "404");
 }
+
+/// `pgha ctl` as an operator uses it: `topology` and `list` as tables, through another member
+/// when its own node is down, and a `failover` to a named replica recorded in `history`
+/// (table and JSON).
+#[test]
+fn ctl_reaches_another_member_when_its_node_is_down_and_fails_over_on_request() {
+    let mut c = Cluster::new(3);
+    let p = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    let mut replicas = (0..3).filter(|&i| i != p);
+    let (r, q) = (replicas.next().unwrap(), replicas.next().unwrap());
+
+    let out = c.ctl(p, &["topology"]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success() && text.contains(&format!("Cluster: {}", crate::harness::SCOPE)),
+        "{}",
+        show(&out)
+    );
+    for i in [r, q] {
+        assert!(text.contains(&format!("+ {}", c.nodes[i].name)), "replicas under the leader: {text}");
+    }
+
+    // q's own API is gone: ctl with q's config still answers, through a member it knows.
+    c.stop(q);
+    let out = c.ctl(q, &["list", "--format", "json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).expect("list JSON");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+
+    let out = c.ctl(q, &["failover", "--candidate", &c.nodes[r].name, "--force"]);
+    assert!(out.status.success(), "{}", show(&out));
+    wait_primary_with_streaming_replicas(&c, &[p, r], FORM);
+    assert_eq!(crate::postgres::roles(&c, &[r]), vec!["primary".to_string()], "the named candidate leads");
+    let out = c.ctl(p, &["history", "--format", "json"]);
+    let history: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).expect("history JSON");
+    assert_eq!(history.last().map(|h| h[4].clone()), Some(c.nodes[r].name.as_str().into()), "{history:?}");
+    let out = c.ctl(p, &["history"]);
+    assert!(stdout(&out).contains("New Leader") && stdout(&out).contains(&c.nodes[r].name), "{}", show(&out));
+    c.start(q);
+    wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+}

@@ -64,6 +64,18 @@ pub(crate) fn wait_primary_with_streaming_replicas(
         let streaming = psql(c, *p, "SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication WHERE state = 'streaming'")?;
         let want: Vec<&str> = nodes.iter().filter(|&&i| i != *p).map(|&i| c.nodes[i].name.as_str()).collect();
         if streaming == want.join(",") {
+            // pgha's own view too (health checks, switchover checks): every member running,
+            // the replicas streaming.
+            for &i in nodes {
+                let v = c.api_get(i, "/patroni")?;
+                let streams = i == *p || v["replication_state"] == "streaming";
+                if v["state"] != "running" || !streams {
+                    return Err(format!(
+                        "{} reports {} / {}",
+                        c.nodes[i].name, v["state"], v["replication_state"]
+                    ));
+                }
+            }
             Ok(*p)
         } else {
             Err(format!(
