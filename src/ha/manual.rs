@@ -9,6 +9,7 @@ use super::act::COPY_TIMEOUT;
 use super::callbacks::CallbackEvent;
 use super::control::{self, Reply, Request, RequestError, RestartConditions, RoleFilter};
 use super::local::RoleOf;
+use super::observe::LocalPg;
 use super::run::HaLoop;
 use crate::clock::{self, BootInstant};
 use crate::dcs::state::ClusterState;
@@ -154,8 +155,9 @@ impl HaLoop {
     }
 
     /// A restart of a stopped Postgres starts it, as Patroni's does. Outside pause mode the HA
-    /// loop starts it by itself; in pause mode only a replica is started here, following the
-    /// lease holder (a stopped primary is left to the operator's `resume`).
+    /// loop starts it by itself; in pause mode it is started here in its role: the lease
+    /// holder as primary (lease renewed, watchdog and fence armed first), any other member as
+    /// a replica following the holder.
     async fn start_stopped(
         &mut self,
         c: &ClusterState,
@@ -170,18 +172,40 @@ impl HaLoop {
         if conditions.older_than.is_some() {
             return Err(refused(format!("{NOT_SATISFIED}: Postgres is stopped, its version is unknown")));
         }
+        let holder = match c.lease.as_ref() {
+            Some(l) => l.holder.clone(),
+            None => {
+                return Err(refused("there is no primary to follow; `pgha ctl resume` lets pgha elect one"))
+            }
+        };
+        if holder == self.me {
+            if conditions.role == Some(RoleFilter::Replica) {
+                return Err(refused(format!("{NOT_SATISFIED}: this member is the primary")));
+            }
+            let was_primary =
+                matches!(self.local.observe(c).await.0, LocalPg::Stopped { was_primary: true, .. });
+            if !was_primary {
+                return Err(refused("this member holds the lease but its data directory is a standby's: `pgha ctl resume` lets pgha promote it"));
+            }
+            // As the HA loop starts a primary: a fresh ttl first, watchdog and fence armed.
+            let lease = c.lease.as_ref().expect("holder checked above");
+            let outcome = self
+                .handle
+                .renew_lease(lease.epoch, c.config.ttl(), c.config.retry_timeout(), None)
+                .await
+                .map_err(failed)?;
+            if let crate::dcs::state::Outcome::Rejected { reason } = outcome {
+                return Err(refused(format!("the lease renewal before the start was rejected: {reason}")));
+            }
+            self.arm_watchdog(&c.config).map_err(refused)?;
+            self.local.start(c, None).await.map_err(failed)?;
+            self.extend_fence().await;
+            self.callbacks.fire(CallbackEvent::OnRestart, "primary");
+            return Ok(());
+        }
         if conditions.role == Some(RoleFilter::Primary) {
             return Err(refused(format!("{NOT_SATISFIED}: this member is not the primary")));
         }
-        let holder = match c.lease.as_ref().map(|l| l.holder.clone()) {
-            Some(h) if h == self.me => {
-                return Err(refused(
-                    "this member holds the lease and its Postgres is stopped: `pgha ctl resume` lets pgha start it as primary",
-                ))
-            }
-            Some(h) => h,
-            None => return Err(refused("there is no primary to follow; `pgha ctl resume` lets pgha elect one")),
-        };
         self.disarm_fence();
         self.local.start(c, Some(&holder)).await.map_err(failed)?;
         self.callbacks.fire(CallbackEvent::OnRestart, "replica");

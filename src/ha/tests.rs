@@ -335,6 +335,16 @@ fn decisions() {
             Case::three().me("n1").held("n1", 3, true).paused().pg(primary(500)),
             RenewLease { epoch: e(3) },
         ),
+        (
+            "paused primary whose Postgres stopped: renews, does not start it",
+            Case::three().me("n1").held("n1", 3, true).paused().pg(stopped(1, 500, true)),
+            RenewLease { epoch: e(3) },
+        ),
+        (
+            "paused holder without data: keeps the lease, nothing automatic",
+            Case::three().me("n1").held("n1", 3, true).paused().pg(LocalPg::Absent),
+            RenewLease { epoch: e(3) },
+        ),
         // losing it
         (
             "primary without a valid lease: stop at once",
