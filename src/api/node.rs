@@ -358,7 +358,10 @@ fn member_json(scope: &str, snap: &Snapshot, now_ms: u64) -> Value {
 async fn metrics(State(ctx): State<ApiContext>) -> Response {
     let snap = snapshot(&ctx).await;
     let raft = ctx.dcs.status_with_latency().await.ok();
-    let text = render_metrics(&ctx.scope, &snap, raft.as_ref());
+    let mut text = render_metrics(&ctx.scope, &snap, raft.as_ref());
+    if let Some(p) = &ctx.proxy {
+        text.push_str(&render_proxy_metrics(&ctx.scope, ctx.me.as_str(), p));
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
@@ -478,6 +481,66 @@ fn render_metrics(
         "watchdog.mode is required and no watchdog works: this member may not become primary",
         b(view.is_some_and(|v| v.watchdog_failed)),
     );
+    out
+}
+
+/// The proxy's counters: per port (`writer`, `reader`) and per backend member.
+fn render_proxy_metrics(scope: &str, me: &str, p: &crate::proxy::stats::ProxyStats) -> String {
+    use crate::proxy::stats::{get, Port};
+    use std::fmt::Write;
+    let labels = format!("scope=\"{}\",name=\"{}\"", escape(scope), escape(me));
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (extra, v) in samples {
+            let _ = writeln!(out, "{name}{{{labels},{extra}}} {v}");
+        }
+    };
+    let ports = [Port::Writer, Port::Reader];
+    let per_port = |f: &dyn Fn(&crate::proxy::stats::PortStats) -> u64| {
+        ports.iter().map(|&port| (format!("port=\"{}\"", port.as_str()), f(p.port(port)))).collect::<Vec<_>>()
+    };
+    family("pgha_proxy_connections", "gauge", "Client connections open", per_port(&|s| get(&s.active)));
+    family(
+        "pgha_proxy_connections_total",
+        "counter",
+        "Client connections accepted",
+        per_port(&|s| get(&s.accepted)),
+    );
+    family(
+        "pgha_proxy_refused_total",
+        "counter",
+        "Client connections refused (no primary or replica, too many, backend unreachable)",
+        per_port(&|s| get(&s.refused)),
+    );
+    family(
+        "pgha_proxy_cut_total",
+        "counter",
+        "Connections closed because their backend stopped being the primary (or a replica)",
+        per_port(&|s| get(&s.cut)),
+    );
+    let backends = p.backends();
+    let per_backend = |f: &dyn Fn(&crate::proxy::stats::BackendStats) -> u64| {
+        backends.iter().map(|(m, s)| (format!("backend=\"{}\"", escape(m)), f(s))).collect::<Vec<_>>()
+    };
+    family(
+        "pgha_proxy_backend_connections_total",
+        "counter",
+        "Connections made to each backend",
+        per_backend(&|s| get(&s.connections)),
+    );
+    family(
+        "pgha_proxy_backend_errors_total",
+        "counter",
+        "Failed connection attempts to each backend",
+        per_backend(&|s| get(&s.errors)),
+    );
+    let mut bytes = Vec::new();
+    for (m, s) in &backends {
+        bytes.push((format!("backend=\"{}\",direction=\"to_backend\"", escape(m)), get(&s.bytes_to_backend)));
+        bytes.push((format!("backend=\"{}\",direction=\"to_client\"", escape(m)), get(&s.bytes_to_client)));
+    }
+    family("pgha_proxy_backend_bytes_total", "counter", "Bytes copied to and from each backend", bytes);
     out
 }
 

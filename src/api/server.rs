@@ -50,6 +50,8 @@ pub struct ApiContext {
     pub peers: ApiClient,
     /// `restapi.authentication`: basic auth that changing calls need besides the certificate.
     pub basic_auth: Option<crate::config::file::Credentials>,
+    /// The built-in proxy's counters, for `/metrics`.
+    pub proxy: Option<std::sync::Arc<crate::proxy::stats::ProxyStats>>,
 }
 
 pub fn router(ctx: ApiContext) -> Router {

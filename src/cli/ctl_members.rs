@@ -431,7 +431,12 @@ pub async fn version(api: &ApiClient, format: Format) -> Result<()> {
             println!("pgha ctl version {}", crate::VERSION);
             for r in &rows {
                 let text = |v: &Value| v.as_str().unwrap_or("?").to_string();
-                println!("{}: pgha {} PostgreSQL {}", text(&r["Member"]), text(&r["pgha"]), text(&r["PostgreSQL"]));
+                println!(
+                    "{}: pgha {} PostgreSQL {}",
+                    text(&r["Member"]),
+                    text(&r["pgha"]),
+                    text(&r["PostgreSQL"])
+                );
             }
         }
         _ => {

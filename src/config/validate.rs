@@ -63,6 +63,12 @@ impl LocalConfig {
             listens.push((key, v.listen(key, readers)?));
         }
         v.distinct(&listens)?;
+        if self.proxy.max_connections == 0 {
+            return Err(v.invalid("proxy.max_connections", "is 0", "use at least 1 (default 2000)"));
+        }
+        if self.proxy.connect_timeout == 0 {
+            return Err(v.invalid("proxy.connect_timeout", "is 0", "use at least 1 second (default 5)"));
+        }
 
         v.absolute("tls.cafile", Some(&self.tls.cafile), DEFAULT_CA_FILE)?;
         v.absolute("tls.certfile", Some(&self.tls.certfile), DEFAULT_NODE_CERT_FILE)?;

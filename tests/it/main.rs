@@ -17,5 +17,6 @@ mod input;
 mod membership;
 mod operations;
 mod postgres;
+mod proxy;
 mod recovery;
 mod security;
