@@ -66,17 +66,17 @@ haproxy_pid=$!
 sleep 1
 
 echo "primary: $leader (Postgres port $PGPORT, pgha writer port $PROXY, HAProxy port $HAPORT); ${ROUNDS} rounds of ${T} s"
-"$PGBENCH" -i -q -s 10 -p "$PGPORT" >/dev/null 2>&1
+"$PGBENCH" -i -q -s 10 -p "$PGPORT" >/dev/null 2>"$work/pgbench-init.err" || { cat "$work/pgbench-init.err" >&2; exit 1; }
 
 declare -A PORT=([direct]=$PGPORT [pgha]=$PROXY [haproxy]=$HAPORT)
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
 tps() { # port args... -> tps
   local port=$1; shift
-  "$PGBENCH" -n -p "$port" -T "$T" "$@" 2>/dev/null | awk '/^tps =/ {print $3; exit}'
+  "$PGBENCH" -n -p "$port" -T "$T" "$@" 2>>"$work/pgbench.err" | awk '/^tps =/ {print $3; exit}' || { echo "pgbench failed on port $port:" >&2; tail -3 "$work/pgbench.err" >&2; exit 1; }
 }
 latency() { # port args... -> average ms
   local port=$1; shift
-  "$PGBENCH" -n -p "$port" -T "$T" "$@" 2>/dev/null | awk '/^latency average/ {print $4; exit}'
+  "$PGBENCH" -n -p "$port" -T "$T" "$@" 2>>"$work/pgbench.err" | awk '/^latency average/ {print $4; exit}' || { echo "pgbench failed on port $port:" >&2; tail -3 "$work/pgbench.err" >&2; exit 1; }
 }
 run() { # label kind args...
   local label=$1 kind=$2; shift 2

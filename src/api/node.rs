@@ -81,6 +81,11 @@ struct Snapshot {
 }
 
 impl Snapshot {
+    /// Published as a synchronous standby by the primary.
+    fn is_sync_standby(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.sync.members.contains(&self.me))
+    }
+
     fn tags(&self) -> Tags {
         self.cluster
             .as_ref()
@@ -220,7 +225,7 @@ fn member_health(snap: &Snapshot) -> Option<MemberHealth> {
         lease_valid: snap.lease_valid,
         streaming,
         lag,
-        kind: ReplicaKind::Async,
+        kind: if snap.is_sync_standby() { ReplicaKind::Sync } else { ReplicaKind::Async },
         noloadbalance: tags.noloadbalance,
         tags: tag_map,
         loop_alive: view.alive_within(ttl),
@@ -293,6 +298,9 @@ fn member_json(scope: &str, snap: &Snapshot, now_ms: u64) -> Value {
                 "paused": p.wal_replay_paused,
             });
             let streaming = matches!(view.pg, LocalPg::Running { streaming: true, .. });
+            if snap.is_sync_standby() {
+                o["sync_standby"] = true.into();
+            }
             o["replication_state"] = if streaming {
                 "streaming".to_string()
             } else {
@@ -398,7 +406,20 @@ fn render_metrics(
     );
     gauge("patroni_standby_leader", "Always 0: pgha has no standby clusters", 0.0);
     gauge("patroni_replica", "This member is a running replica", b(running && !primary));
-    gauge("patroni_sync_standby", "This member is a synchronous standby", 0.0);
+    gauge(
+        "patroni_sync_standby",
+        "This member is a synchronous standby",
+        b(running && !primary && snap.is_sync_standby()),
+    );
+    let sync_on = snap
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.config.synchronous_mode != crate::config::dynamic::SynchronousMode::Off);
+    gauge(
+        "pgha_sync_degraded",
+        "synchronous_mode is on but the primary acknowledges commits without a synchronous standby",
+        b(sync_on && snap.cluster.as_ref().is_some_and(|c| c.sync.members.is_empty() && c.sync.degraded)),
+    );
     gauge("patroni_quorum_standby", "This member is a quorum standby", 0.0);
     gauge(
         "patroni_xlog_received_location",

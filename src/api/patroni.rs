@@ -62,9 +62,16 @@ pub fn cluster_view(st: &ClusterState, now_ms: u64) -> Value {
             let status =
                 m.status.as_ref().filter(|s| now_ms.saturating_sub(s.updated_at_ms) <= STATUS_STALE_MS);
             let leader = Some(&m.name) == holder;
+            let role = if leader {
+                "leader"
+            } else if st.sync.members.contains(&m.name) {
+                "sync_standby"
+            } else {
+                "replica"
+            };
             let mut o = serde_json::json!({
                 "name": m.name.as_str(),
-                "role": if leader { "leader" } else { "replica" },
+                "role": role,
                 "state": status.map_or("unknown", |s| s.state.as_str()),
                 "api_url": format!("https://{}/patroni", m.api_address),
                 "host": host,
@@ -97,6 +104,16 @@ pub fn cluster_view(st: &ClusterState, now_ms: u64) -> Value {
         })
         .collect();
     let mut out = serde_json::json!({ "members": members, "scope": st.scope });
+    if st.config.synchronous_mode != crate::config::dynamic::SynchronousMode::Off {
+        let names: Vec<&str> = st.sync.members.iter().map(|m| m.as_str()).collect();
+        out["synchronous_mode"] = serde_json::json!({
+            "mode": st.config.synchronous_mode,
+            "strict": st.config.synchronous_mode_strict,
+            "sync_standbys": names,
+            // Commits are acknowledged without a synchronous standby (non-strict, none streams).
+            "degraded": names.is_empty() && st.sync.degraded,
+        });
+    }
     if let Some(sw) = &st.switchover {
         out["scheduled_switchover"] = serde_json::json!({
             "at": sw.scheduled_at_ms.map(crate::clock::rfc3339_ms),

@@ -235,6 +235,15 @@ pub fn list_output(c: &Value, format: Format, extended: bool, topology: bool) ->
                 out.push_str(l);
                 out.push('\n');
             }
+            let sync = &c["synchronous_mode"];
+            if sync["degraded"] == true {
+                out.push_str(&format!(
+                    " Synchronous mode {}: DEGRADED, no synchronous standby streams; commits are acknowledged asynchronously\n",
+                    cell(&sync["mode"])
+                ));
+            } else if sync["strict"] == true && sync["sync_standbys"].as_array().is_some_and(Vec::is_empty) {
+                out.push_str(" Synchronous mode on (strict): no synchronous standby; commits wait for one\n");
+            }
             out
         }
         Format::Json | Format::Yaml => output::render(format, &rows, &[], |_| Vec::new()),

@@ -616,7 +616,7 @@ bootstrap:
   dcs:
     ttl: 30
     loop_wait: 10
-    synchronous_mode: quorum
+    synchronous_mode: "on"
     postgresql:
       parameters: { max_wal_senders: 20, wal_keep_size: 1GB }
       pg_hba: ["host all all 10.0.0.0/8 scram-sha-256"]
@@ -670,7 +670,7 @@ bootstrap:
         assert_eq!(c.tags.failover_priority, Some(3));
         assert_eq!(c.bootstrap.dcs.ttl, 30);
         assert_eq!(c.bootstrap.dcs.retry_timeout, DynamicConfig::default().retry_timeout);
-        assert_eq!(c.bootstrap.dcs.synchronous_mode, SynchronousMode::Quorum);
+        assert_eq!(c.bootstrap.dcs.synchronous_mode, SynchronousMode::On);
         assert!(!c.bootstrap.dcs.postgresql.use_slots);
         assert!(c.bootstrap.dcs.postgresql.use_pg_rewind);
         let rewind = &c.postgresql.authentication.rewind;

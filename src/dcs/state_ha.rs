@@ -5,7 +5,7 @@
 
 use super::state::{
     ClusterState, HistoryEntry, Initialize, MemberStatus, Outcome, Rejection, ScheduledRestart,
-    SwitchoverRequest,
+    SwitchoverRequest, SyncState,
 };
 use crate::config::dynamic::DynamicConfig;
 use crate::types::{LeaseEpoch, Lsn, MemberName};
@@ -73,6 +73,41 @@ impl ClusterState {
             }
             None => Outcome::Rejected { reason: Rejection::UnknownMember { member } },
         }
+    }
+
+    /// Why `candidate` may not take a lease that expired (not one released cleanly: rule 6's
+    /// checkpoint covers that): outside the published synchronous standbys, or with none
+    /// published while the primary's commits waited for one.
+    pub(super) fn sync_blocker(&self, candidate: &MemberName, lsn: Option<Lsn>) -> Option<Rejection> {
+        if self.release_checkpoint.is_some() {
+            return None;
+        }
+        if !self.sync.members.is_empty() {
+            return (!self.sync.members.contains(candidate))
+                .then(|| Rejection::NotSyncStandby { member: candidate.clone() });
+        }
+        if !self.sync.degraded {
+            return Some(Rejection::NoSyncStandby);
+        }
+        let min_lsn = self.sync.min_lsn?;
+        let reported = self.members.get(candidate)?.status.as_ref().and_then(|s| s.replay_lsn.or(s.wal_lsn));
+        let lsn = lsn.or(reported).unwrap_or(Lsn(0));
+        (lsn < min_lsn).then(|| Rejection::BeforeSyncDegraded { member: candidate.clone(), lsn, min_lsn })
+    }
+
+    /// The holder of `epoch` publishes its synchronous standbys: existing data members other
+    /// than itself.
+    pub(super) fn set_sync(&mut self, holder: MemberName, epoch: LeaseEpoch, sync: SyncState) -> Outcome {
+        if !self.lease.as_ref().is_some_and(|l| l.holder == holder && l.epoch == epoch) {
+            return Outcome::Rejected { reason: Rejection::NotHolder { member: holder } };
+        }
+        if let Some(m) =
+            sync.members.iter().find(|m| **m == holder || self.members.get(*m).is_none_or(|x| x.witness))
+        {
+            return Outcome::Rejected { reason: Rejection::UnknownMember { member: m.clone() } };
+        }
+        self.sync = sync;
+        Outcome::Accepted
     }
 
     pub(super) fn schedule_restart(

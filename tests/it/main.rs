@@ -20,3 +20,4 @@ mod postgres;
 mod proxy;
 mod recovery;
 mod security;
+mod sync;
