@@ -61,6 +61,21 @@ pub async fn sleep(d: Duration) {
     tokio::time::sleep(d).await
 }
 
+/// `ms` since the epoch as RFC 3339 in UTC, as Patroni prints times.
+pub fn rfc3339_ms(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// An RFC 3339 time with its offset (e.g. `2026-11-25T20:00:00+00:00`) as ms since the epoch.
+pub fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+        .map_err(|e| format!("{text:?}: {e}; use e.g. 2026-11-25T20:00:00+00:00"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

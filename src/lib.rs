@@ -10,6 +10,7 @@ pub mod dcs;
 pub mod fence;
 pub mod ha;
 pub mod pg;
+pub mod proxy;
 pub mod sys;
 pub mod tls;
 pub mod types;

@@ -41,12 +41,14 @@ pub struct ApiClient {
     endpoints: Vec<String>,
     connector: TlsConnector,
     timeout: Duration,
+    /// `Authorization` header value sent with every call (basic auth), if any.
+    authorization: Option<String>,
 }
 
 impl ApiClient {
     /// `endpoints` are `host:port` of REST APIs, tried in order.
     pub fn new(endpoints: Vec<String>, config: Arc<rustls::ClientConfig>, timeout: Duration) -> Self {
-        ApiClient { endpoints, connector: TlsConnector::from(config), timeout }
+        ApiClient { endpoints, connector: TlsConnector::from(config), timeout, authorization: None }
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -61,7 +63,17 @@ impl ApiClient {
 
     /// A client for one endpoint, sharing the TLS configuration.
     pub fn with_endpoint(&self, endpoint: String) -> ApiClient {
-        ApiClient { endpoints: vec![endpoint], connector: self.connector.clone(), timeout: self.timeout }
+        ApiClient { endpoints: vec![endpoint], ..self.clone() }
+    }
+
+    /// Sends basic auth (the API's `restapi.authentication`) with every call.
+    pub fn with_basic_auth(mut self, credentials: Option<&crate::config::file::Credentials>) -> ApiClient {
+        use base64::Engine as _;
+        self.authorization = credentials.map(|c| {
+            let pair = format!("{}:{}", c.username, c.password.as_deref().unwrap_or(""));
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+        });
+        self
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<(String, T), ClientError> {
@@ -87,10 +99,20 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> Result<(String, String), ClientError> {
-        let body = serde_json::to_vec(body).expect("request bodies serialize");
+        self.call_text(Method::POST, path, Some(body)).await
+    }
+
+    /// Like [`ApiClient::call`] for a plain-text answer.
+    pub async fn call_text<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(String, String), ClientError> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("request bodies serialize"));
         let mut errors = Vec::new();
         for endpoint in &self.endpoints {
-            match self.once(endpoint, Method::POST, path, Some(body.clone())).await {
+            match self.once(endpoint, method.clone(), path, body.clone()).await {
                 Ok(bytes) => return Ok((endpoint.clone(), String::from_utf8_lossy(&bytes).into_owned())),
                 Err(e) if e.is_refusal() => return Err(e),
                 Err(e) => errors.push(e),
@@ -158,6 +180,9 @@ impl ApiClient {
                 .header(hyper::header::ACCEPT, "application/json");
             if body.is_some() {
                 req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+            }
+            if let Some(auth) = &self.authorization {
+                req = req.header(hyper::header::AUTHORIZATION, auth.as_str());
             }
             let req = req
                 .body(Full::new(Bytes::from(body.unwrap_or_default())))

@@ -13,6 +13,8 @@ use axum::Json;
 pub enum ApiError {
     #[error("this call changes the cluster and needs a client certificate of the cluster CA: use `pgha ctl`, which reads ctl.certfile and ctl.keyfile from the config")]
     NoClientCert,
+    #[error("this call needs the REST API's basic auth (restapi.authentication): pgha ctl sends ctl.authentication or restapi.authentication from its config")]
+    BasicAuth,
     #[error("certificate refused: {0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -24,6 +26,9 @@ pub enum ApiError {
     /// Patroni answers 412 when a check about the members fails (switchover, failover).
     #[error("{0}")]
     Precondition(String),
+    /// Well-formed but impossible, like a time in the past (Patroni answers 422).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("this member has not received the cluster state yet; try another member")]
     NotReady,
     #[error("{0}")]
@@ -51,11 +56,13 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::NoClientCert => (StatusCode::UNAUTHORIZED, "client_certificate_required"),
+            ApiError::BasicAuth => (StatusCode::UNAUTHORIZED, "basic_auth_required"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "refused"),
             ApiError::Precondition(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod error;
 pub mod health;
+pub mod known;
 pub mod model;
 pub mod node;
 pub mod patroni;

@@ -11,7 +11,10 @@ use super::health::{self, Check, MemberHealth, PgRunState, Query, ReplicaKind};
 use super::server::ApiContext;
 use crate::dcs::state::ClusterState;
 use crate::dcs::state::Tags;
-use crate::ha::control::{NodeView, Request, RequestError, RoleFilter};
+use crate::dcs::state::{Command, Outcome, Rejection, ScheduledRestart};
+use crate::ha::control::{
+    parse_postgres_version, NodeView, Request, RequestError, RestartConditions, RoleFilter,
+};
 use crate::ha::observe::{LocalPg, PgRole};
 use crate::types::{Lsn, MemberName};
 use axum::body::Bytes;
@@ -57,7 +60,7 @@ pub fn routes() -> Router<ApiContext> {
     let mut r = Router::new()
         .route("/patroni", get(patroni).options(patroni))
         .route("/metrics", get(metrics))
-        .route("/restart", post(restart))
+        .route("/restart", post(restart).delete(cancel_restart))
         .route("/reload", post(reload))
         .route("/reinitialize", post(reinitialize))
         .route("/dsn", get(dsn));
@@ -73,9 +76,16 @@ struct Snapshot {
     view: Option<Arc<NodeView>>,
     cluster: Option<Arc<ClusterState>>,
     lease_valid: bool,
+    /// Time left on this member's own lease deadline (zero unless it holds a valid lease).
+    lease_left: Duration,
 }
 
 impl Snapshot {
+    /// Published as a synchronous standby by the primary.
+    fn is_sync_standby(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.sync.members.contains(&self.me))
+    }
+
     fn tags(&self) -> Tags {
         self.cluster
             .as_ref()
@@ -86,15 +96,16 @@ impl Snapshot {
 }
 
 async fn snapshot(ctx: &ApiContext) -> Snapshot {
-    let lease_valid = match ctx.dcs.lease().await {
-        Ok(l) => l.deadline.is_some() && l.holder.as_ref() == Some(&ctx.me),
-        Err(_) => false,
+    let (lease_valid, lease_left) = match ctx.dcs.lease().await {
+        Ok(l) if l.deadline.is_some() && l.holder.as_ref() == Some(&ctx.me) => (true, l.time_left),
+        _ => (false, Duration::ZERO),
     };
     Snapshot {
         me: ctx.me.clone(),
         view: ctx.ha.as_ref().and_then(|h| h.view()),
         cluster: ctx.dcs.state(),
         lease_valid,
+        lease_left,
     }
 }
 
@@ -214,7 +225,7 @@ fn member_health(snap: &Snapshot) -> Option<MemberHealth> {
         lease_valid: snap.lease_valid,
         streaming,
         lag,
-        kind: ReplicaKind::Async,
+        kind: if snap.is_sync_standby() { ReplicaKind::Sync } else { ReplicaKind::Async },
         noloadbalance: tags.noloadbalance,
         tags: tag_map,
         loop_alive: view.alive_within(ttl),
@@ -287,6 +298,9 @@ fn member_json(scope: &str, snap: &Snapshot, now_ms: u64) -> Value {
                 "paused": p.wal_replay_paused,
             });
             let streaming = matches!(view.pg, LocalPg::Running { streaming: true, .. });
+            if snap.is_sync_standby() {
+                o["sync_standby"] = true.into();
+            }
             o["replication_state"] = if streaming {
                 "streaming".to_string()
             } else {
@@ -328,6 +342,9 @@ fn member_json(scope: &str, snap: &Snapshot, now_ms: u64) -> Value {
         if c.lease.is_none() {
             o["cluster_unlocked"] = true.into();
         }
+        if let Some(r) = c.members.get(&snap.me).and_then(|m| m.scheduled_restart.as_ref()) {
+            o["scheduled_restart"] = super::patroni::scheduled_restart_json(r);
+        }
     }
     let tags = serde_json::to_value(snap.tags()).unwrap_or_default();
     if tags.as_object().is_some_and(|t| t.values().any(|v| v != &Value::Bool(false))) {
@@ -349,7 +366,10 @@ fn member_json(scope: &str, snap: &Snapshot, now_ms: u64) -> Value {
 async fn metrics(State(ctx): State<ApiContext>) -> Response {
     let snap = snapshot(&ctx).await;
     let raft = ctx.dcs.status_with_latency().await.ok();
-    let text = render_metrics(&ctx.scope, &snap, raft.as_ref());
+    let mut text = render_metrics(&ctx.scope, &snap, raft.as_ref());
+    if let Some(p) = &ctx.proxy {
+        text.push_str(&render_proxy_metrics(&ctx.scope, ctx.me.as_str(), p));
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
@@ -386,7 +406,20 @@ fn render_metrics(
     );
     gauge("patroni_standby_leader", "Always 0: pgha has no standby clusters", 0.0);
     gauge("patroni_replica", "This member is a running replica", b(running && !primary));
-    gauge("patroni_sync_standby", "This member is a synchronous standby", 0.0);
+    gauge(
+        "patroni_sync_standby",
+        "This member is a synchronous standby",
+        b(running && !primary && snap.is_sync_standby()),
+    );
+    let sync_on = snap
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.config.synchronous_mode != crate::config::dynamic::SynchronousMode::Off);
+    gauge(
+        "pgha_sync_degraded",
+        "synchronous_mode is on but the primary acknowledges commits without a synchronous standby",
+        b(sync_on && snap.cluster.as_ref().is_some_and(|c| c.sync.members.is_empty() && c.sync.degraded)),
+    );
     gauge("patroni_quorum_standby", "This member is a quorum standby", 0.0);
     gauge(
         "patroni_xlog_received_location",
@@ -458,6 +491,77 @@ fn render_metrics(
         }
     }
     gauge("pgha_lease_valid", "This member holds a valid lease by its own clock", b(snap.lease_valid));
+    gauge(
+        "pgha_lease_seconds_left",
+        "Seconds before this member's own lease deadline (0 when it holds none)",
+        snap.lease_left.as_secs_f64(),
+    );
+    gauge("pgha_watchdog_active", "The watchdog device is armed", b(view.is_some_and(|v| v.watchdog_active)));
+    gauge(
+        "pgha_watchdog_failed",
+        "watchdog.mode is required and no watchdog works: this member may not become primary",
+        b(view.is_some_and(|v| v.watchdog_failed)),
+    );
+    out
+}
+
+/// The proxy's counters: per port (`writer`, `reader`) and per backend member.
+fn render_proxy_metrics(scope: &str, me: &str, p: &crate::proxy::stats::ProxyStats) -> String {
+    use crate::proxy::stats::{get, Port};
+    use std::fmt::Write;
+    let labels = format!("scope=\"{}\",name=\"{}\"", escape(scope), escape(me));
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (extra, v) in samples {
+            let _ = writeln!(out, "{name}{{{labels},{extra}}} {v}");
+        }
+    };
+    let ports = [Port::Writer, Port::Reader];
+    let per_port = |f: &dyn Fn(&crate::proxy::stats::PortStats) -> u64| {
+        ports.iter().map(|&port| (format!("port=\"{}\"", port.as_str()), f(p.port(port)))).collect::<Vec<_>>()
+    };
+    family("pgha_proxy_connections", "gauge", "Client connections open", per_port(&|s| get(&s.active)));
+    family(
+        "pgha_proxy_connections_total",
+        "counter",
+        "Client connections accepted",
+        per_port(&|s| get(&s.accepted)),
+    );
+    family(
+        "pgha_proxy_refused_total",
+        "counter",
+        "Client connections refused (no primary or replica, too many, backend unreachable)",
+        per_port(&|s| get(&s.refused)),
+    );
+    family(
+        "pgha_proxy_cut_total",
+        "counter",
+        "Connections closed because their backend stopped being the primary (or a replica)",
+        per_port(&|s| get(&s.cut)),
+    );
+    let backends = p.backends();
+    let per_backend = |f: &dyn Fn(&crate::proxy::stats::BackendStats) -> u64| {
+        backends.iter().map(|(m, s)| (format!("backend=\"{}\"", escape(m)), f(s))).collect::<Vec<_>>()
+    };
+    family(
+        "pgha_proxy_backend_connections_total",
+        "counter",
+        "Connections made to each backend",
+        per_backend(&|s| get(&s.connections)),
+    );
+    family(
+        "pgha_proxy_backend_errors_total",
+        "counter",
+        "Failed connection attempts to each backend",
+        per_backend(&|s| get(&s.errors)),
+    );
+    let mut bytes = Vec::new();
+    for (m, s) in &backends {
+        bytes.push((format!("backend=\"{}\",direction=\"to_backend\"", escape(m)), get(&s.bytes_to_backend)));
+        bytes.push((format!("backend=\"{}\",direction=\"to_client\"", escape(m)), get(&s.bytes_to_client)));
+    }
+    family("pgha_proxy_backend_bytes_total", "counter", "Bytes copied to and from each backend", bytes);
     out
 }
 
@@ -532,24 +636,13 @@ fn outcome(ok: StatusCode, reply: Result<String, RequestError>) -> Response {
 
 async fn restart(State(ctx): State<ApiContext>, body: Bytes) -> Result<Response, ApiError> {
     let b: RestartBody = body_or_default(&body)?;
-    if b.schedule.is_some() {
-        return Err(ApiError::BadRequest(
-            "scheduled restarts are not supported yet: restart now, or schedule the call yourself (cron, systemd timer)".into(),
-        ));
-    }
-    if b.postgres_version.is_some() {
-        return Err(ApiError::BadRequest(
-            "postgres_version conditions are not supported yet: leave it out".into(),
-        ));
-    }
-    let role = match b.role.as_deref() {
-        None | Some("any") => None,
-        Some("primary" | "master" | "leader") => Some(RoleFilter::Primary),
-        Some("replica") => Some(RoleFilter::Replica),
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!("role {other:?}: use primary or replica")));
-        }
-    };
+    let role = RoleFilter::parse(b.role.as_deref()).map_err(ApiError::BadRequest)?;
+    let older_than = b
+        .postgres_version
+        .as_deref()
+        .map(parse_postgres_version)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let wait = match b.timeout {
         None => RESTART_REPLY,
         Some(Value::Number(n)) if n.as_u64().is_some() => {
@@ -560,9 +653,45 @@ async fn restart(State(ctx): State<ApiContext>, body: Bytes) -> Result<Response,
         }
         Some(other) => return Err(ApiError::BadRequest(format!("timeout {other}: use seconds, like 60"))),
     };
-    let reply =
-        control(&ctx)?.request(Request::Restart { only_pending: b.restart_pending, role }, wait).await;
-    Ok(outcome(StatusCode::OK, reply))
+    let control = control(&ctx)?;
+    if let Some(schedule) = b.schedule.as_deref() {
+        let at_ms = crate::clock::parse_rfc3339_ms(schedule)
+            .map_err(|e| ApiError::BadRequest(format!("schedule {e}")))?;
+        if at_ms < crate::clock::wall_now_ms() {
+            return Err(ApiError::Unprocessable(format!(
+                "cannot schedule a restart in the past ({schedule})"
+            )));
+        }
+        let planned = ScheduledRestart {
+            at_ms,
+            restart_pending: b.restart_pending,
+            role: role.map(|r| if r == RoleFilter::Primary { "primary" } else { "replica" }.to_string()),
+            postgres_version: b.postgres_version,
+        };
+        let outcome = ctx
+            .dcs
+            .propose(Command::ScheduleRestart { member: ctx.me.clone(), restart: Some(planned) })
+            .await?;
+        return match outcome {
+            Outcome::Rejected { reason } => Err(ApiError::Conflict(reason.to_string())),
+            _ => Ok((StatusCode::ACCEPTED, "Restart scheduled").into_response()),
+        };
+    }
+    let conditions = RestartConditions { only_pending: b.restart_pending, role, older_than };
+    Ok(outcome(StatusCode::OK, control.request(Request::Restart(conditions), wait).await))
+}
+
+/// `DELETE /restart`: drops this member's scheduled restart (Patroni: 200, or 404 if none).
+async fn cancel_restart(State(ctx): State<ApiContext>) -> Result<Response, ApiError> {
+    control(&ctx)?;
+    let outcome = ctx.dcs.propose(Command::ScheduleRestart { member: ctx.me.clone(), restart: None }).await?;
+    match outcome {
+        Outcome::Rejected { reason: r @ Rejection::NoRestartScheduled { .. } } => {
+            Err(ApiError::NotFound(r.to_string()))
+        }
+        Outcome::Rejected { reason } => Err(ApiError::Conflict(reason.to_string())),
+        _ => Ok((StatusCode::OK, "scheduled restart deleted").into_response()),
+    }
 }
 
 async fn reload(State(ctx): State<ApiContext>) -> Result<Response, ApiError> {

@@ -62,9 +62,16 @@ pub fn cluster_view(st: &ClusterState, now_ms: u64) -> Value {
             let status =
                 m.status.as_ref().filter(|s| now_ms.saturating_sub(s.updated_at_ms) <= STATUS_STALE_MS);
             let leader = Some(&m.name) == holder;
+            let role = if leader {
+                "leader"
+            } else if st.sync.members.contains(&m.name) {
+                "sync_standby"
+            } else {
+                "replica"
+            };
             let mut o = serde_json::json!({
                 "name": m.name.as_str(),
-                "role": if leader { "leader" } else { "replica" },
+                "role": role,
                 "state": status.map_or("unknown", |s| s.state.as_str()),
                 "api_url": format!("https://{}/patroni", m.api_address),
                 "host": host,
@@ -86,6 +93,9 @@ pub fn cluster_view(st: &ClusterState, now_ms: u64) -> Value {
                     o["pending_restart"] = true.into();
                 }
             }
+            if let Some(r) = &m.scheduled_restart {
+                o["scheduled_restart"] = scheduled_restart_json(r);
+            }
             let tags = serde_json::to_value(&m.tags).unwrap_or_default();
             if tags.as_object().is_some_and(|t| t.values().any(|v| v != &Value::Bool(false))) {
                 o["tags"] = tags;
@@ -94,14 +104,39 @@ pub fn cluster_view(st: &ClusterState, now_ms: u64) -> Value {
         })
         .collect();
     let mut out = serde_json::json!({ "members": members, "scope": st.scope });
+    if st.config.synchronous_mode != crate::config::dynamic::SynchronousMode::Off {
+        let names: Vec<&str> = st.sync.members.iter().map(|m| m.as_str()).collect();
+        out["synchronous_mode"] = serde_json::json!({
+            "mode": st.config.synchronous_mode,
+            "strict": st.config.synchronous_mode_strict,
+            "sync_standbys": names,
+            // Commits are acknowledged without a synchronous standby (non-strict, none streams).
+            "degraded": names.is_empty() && st.sync.degraded,
+        });
+    }
     if let Some(sw) = &st.switchover {
         out["scheduled_switchover"] = serde_json::json!({
-            "at": sw.scheduled_at_ms.map(iso8601),
+            "at": sw.scheduled_at_ms.map(crate::clock::rfc3339_ms),
             "from": sw.leader.as_ref().map(|m| m.as_str()).or(holder.map(|h| h.as_str())),
             "to": sw.candidate.as_ref().map(|m| m.as_str()),
         });
     }
     out
+}
+
+/// A member's scheduled restart as Patroni shows it (`schedule` plus the conditions given).
+pub fn scheduled_restart_json(r: &crate::dcs::state::ScheduledRestart) -> Value {
+    let mut o = serde_json::json!({ "schedule": crate::clock::rfc3339_ms(r.at_ms) });
+    if r.restart_pending {
+        o["restart_pending"] = true.into();
+    }
+    if let Some(role) = &r.role {
+        o["role"] = role.as_str().into();
+    }
+    if let Some(v) = &r.postgres_version {
+        o["postgres_version"] = v.as_str().into();
+    }
+    o
 }
 
 async fn get_config(State(ctx): State<ApiContext>) -> Result<Json<DynamicConfig>, ApiError> {
@@ -187,19 +222,12 @@ async fn history(State(ctx): State<ApiContext>) -> Result<Json<Vec<Value>>, ApiE
                 h.timeline.0,
                 h.switch_lsn.0,
                 h.reason,
-                iso8601(h.at_ms),
+                crate::clock::rfc3339_ms(h.at_ms),
                 h.new_primary.as_str()
             ])
         })
         .collect();
     Ok(Json(rows))
-}
-
-fn iso8601(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -309,6 +337,6 @@ mod tests {
 
     #[test]
     fn history_times_are_iso_8601() {
-        assert_eq!(iso8601(1_795_626_973_123), "2026-11-25T17:16:13.123Z");
+        assert_eq!(crate::clock::rfc3339_ms(1_795_626_973_123), "2026-11-25T17:16:13.123Z");
     }
 }

@@ -48,6 +48,10 @@ pub struct ApiContext {
     pub ha: Option<crate::ha::control::HaControl>,
     /// Client for peers' APIs (GETs only; presents no certificate).
     pub peers: ApiClient,
+    /// `restapi.authentication`: basic auth that changing calls need besides the certificate.
+    pub basic_auth: Option<crate::config::file::Credentials>,
+    /// The built-in proxy's counters, for `/metrics`.
+    pub proxy: Option<std::sync::Arc<crate::proxy::stats::ProxyStats>>,
 }
 
 pub fn router(ctx: ApiContext) -> Router {
@@ -102,6 +106,17 @@ async fn require_client_cert(State(ctx): State<ApiContext>, req: Request, next: 
     };
     match pki::peer_identity(&cert, &ctx.scope) {
         Ok(id) => {
+            if let Some(want) = &ctx.basic_auth {
+                if !basic_auth_matches(req.headers().get(axum::http::header::AUTHORIZATION), want) {
+                    tracing::warn!(%method, %path, caller = %id.name, "refused: basic auth missing or wrong");
+                    let mut resp = ApiError::BasicAuth.into_response();
+                    resp.headers_mut().insert(
+                        axum::http::header::WWW_AUTHENTICATE,
+                        axum::http::HeaderValue::from_static("Basic realm=\"pgha\""),
+                    );
+                    return resp;
+                }
+            }
             tracing::info!(%method, %path, caller = %id.name, role = ?id.role, "admin call");
             next.run(req).await
         }
@@ -110,6 +125,31 @@ async fn require_client_cert(State(ctx): State<ApiContext>, req: Request, next: 
             ApiError::Forbidden(e.to_string()).into_response()
         }
     }
+}
+
+/// `Authorization: Basic …` carries exactly `want`'s user and password (compared in constant
+/// time, so the answer's timing tells nothing about the password).
+fn basic_auth_matches(
+    header: Option<&axum::http::HeaderValue>,
+    want: &crate::config::file::Credentials,
+) -> bool {
+    use base64::Engine as _;
+    let Some(given) = header
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+    else {
+        return false;
+    };
+    let expected = format!("{}:{}", want.username, want.password.as_deref().unwrap_or(""));
+    constant_time_eq(&given, expected.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn state(ctx: &ApiContext) -> Result<Arc<ClusterState>, ApiError> {
@@ -334,4 +374,29 @@ async fn transfer(
     }
     ctx.dcs.transfer_leader(to).await?;
     Ok(Json(Done { message: format!("leadership transfer to node {to} requested") }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::file::Credentials;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn basic_auth_accepts_only_the_configured_user_and_password() {
+        let want = Credentials { username: "admin".into(), password: Some("s3cret:x".into()) };
+        // base64("admin:s3cret:x") and variations.
+        let cases = [
+            (Some("Basic YWRtaW46czNjcmV0Ong="), true),
+            (Some("Basic YWRtaW46czNjcmV0"), false),
+            (Some("Basic cm9vdDpzM2NyZXQ6eA=="), false),
+            (Some("Bearer YWRtaW46czNjcmV0Ong="), false),
+            (Some("Basic !!!"), false),
+            (None, false),
+        ];
+        for (header, ok) in cases {
+            let h = header.map(|v| HeaderValue::from_str(v).unwrap());
+            assert_eq!(basic_auth_matches(h.as_ref(), &want), ok, "{header:?}");
+        }
+    }
 }

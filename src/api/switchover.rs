@@ -133,13 +133,7 @@ async fn switchover(
         .scheduled_at
         .as_deref()
         .map(|s| {
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as u64)
-                .map_err(|e| {
-                    ApiError::BadRequest(format!(
-                        "scheduled_at {s:?}: {e}; use e.g. 2026-11-25T20:00:00+00:00"
-                    ))
-                })
+            crate::clock::parse_rfc3339_ms(s).map_err(|e| ApiError::BadRequest(format!("scheduled_at {e}")))
         })
         .transpose()?;
     let leader = member("leader", b.leader)?;

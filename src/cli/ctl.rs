@@ -80,6 +80,8 @@ pub enum CtlCommand {
     },
     /// Cancel a scheduled switchover
     CancelSwitchover,
+    /// Cancel scheduled actions: `flush [MEMBER...] restart` or `flush switchover`
+    Flush(super::ctl_members::FlushArgs),
     /// Promote a named member, also when there is no healthy primary
     Failover {
         #[arg(long)]
@@ -139,9 +141,21 @@ pub fn client(config: &ConfigArg, endpoint: Option<&str>) -> Result<ApiClient> {
     let auth = tls::load_client_auth(&cfg.ctl.certfile, &cfg.ctl.keyfile)?;
     let endpoints: Vec<String> = match endpoint {
         Some(e) => e.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-        None => vec![cfg.restapi.connect_address().to_string()],
+        // This node first, then every member `pgha run` last recorded, so ctl still works
+        // when this node's API is down.
+        None => {
+            let mut v = vec![cfg.restapi.connect_address().to_string()];
+            for a in crate::api::known::read(&cfg.raft.data_dir) {
+                if !v.contains(&a) {
+                    v.push(a);
+                }
+            }
+            v
+        }
     };
-    Ok(ApiClient::new(endpoints, tls::api_client_config(&ca, Some(auth))?, Duration::from_secs(10)))
+    let basic = cfg.ctl.authentication.as_ref().or(cfg.restapi.authentication.as_ref());
+    Ok(ApiClient::new(endpoints, tls::api_client_config(&ca, Some(auth))?, Duration::from_secs(10))
+        .with_basic_auth(basic))
 }
 
 pub async fn run(args: CtlArgs) -> Result<()> {
@@ -153,7 +167,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         CtlCommand::Restart(a) => super::ctl_members::restart(&api, a).await?,
         CtlCommand::Reload(a) => super::ctl_members::reload(&api, a).await?,
         CtlCommand::Reinit(a) => super::ctl_members::reinit(&api, a).await?,
-        CtlCommand::Version => super::ctl_members::version(&api).await?,
+        CtlCommand::Version => super::ctl_members::version(&api, args.format).await?,
         CtlCommand::Pause(a) => super::ctl_members::toggle_pause(&api, a, true).await?,
         CtlCommand::Resume(a) => super::ctl_members::toggle_pause(&api, a, false).await?,
         CtlCommand::Members => {
@@ -200,6 +214,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
             let (_, d): (_, Done) = api.delete("/switchover").await?;
             println!("{}", d.message);
         }
+        CtlCommand::Flush(a) => super::ctl_members::flush(&api, a).await?,
         CtlCommand::Failover { candidate, force } => {
             if !force {
                 confirm(&format!("Fail over to {candidate}? The current primary, if any, is stopped."))?;

@@ -9,6 +9,7 @@ use super::ctl::confirm;
 use crate::api::client::{ApiClient, ClientError};
 use crate::ctl::output::{self, Format};
 use anyhow::{bail, Context, Result};
+use hyper::Method;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
@@ -50,6 +51,24 @@ pub struct RestartArgs {
     /// Seconds the member waits for Postgres to come back
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Only members running an older PostgreSQL than this (e.g. 15.9: after a minor upgrade)
+    #[arg(long)]
+    pub pg_version: Option<String>,
+    /// Restart later, at this time (ISO 8601 with a time zone, e.g. 2026-11-26T03:00:00+00:00);
+    /// each member does it itself, `pgha ctl flush MEMBER restart` cancels
+    #[arg(long)]
+    pub scheduled: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FlushArgs {
+    /// [cluster] [member...] then what to cancel: `restart` (scheduled restarts of those
+    /// members, default all) or `switchover` (the scheduled switchover)
+    #[arg(required = true)]
+    pub args: Vec<String>,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,6 +169,10 @@ pub fn list_rows(c: &Value) -> Vec<Map<String, Value>> {
             row.insert("Replay Lag".into(), lag_mb(&m["replay_lag"]));
             let pending = if m["pending_restart"] == true { "*" } else { "" };
             row.insert("Pending restart".into(), pending.into());
+            row.insert(
+                "Scheduled restart".into(),
+                m["scheduled_restart"]["schedule"].as_str().unwrap_or("").into(),
+            );
             row.insert("Tags".into(), if m["tags"].is_object() { m["tags"].clone() } else { "".into() });
             if let Some(v) = m.get("version") {
                 row.insert("Version".into(), v.clone());
@@ -192,7 +215,7 @@ pub fn list_output(c: &Value, format: Format, extended: bool, topology: bool) ->
         }
     }
     let mut columns: Vec<&str> = LIST_COLUMNS.to_vec();
-    for extra in ["Pending restart", "Tags", "Version"] {
+    for extra in ["Pending restart", "Scheduled restart", "Tags", "Version"] {
         let present = rows.iter().any(|r| r.contains_key(extra));
         if present && (extended || rows.iter().any(|r| !cell(&r[extra]).is_empty())) {
             columns.push(extra);
@@ -216,6 +239,15 @@ pub fn list_output(c: &Value, format: Format, extended: bool, topology: bool) ->
             for l in lines {
                 out.push_str(l);
                 out.push('\n');
+            }
+            let sync = &c["synchronous_mode"];
+            if sync["degraded"] == true {
+                out.push_str(&format!(
+                    " Synchronous mode {}: DEGRADED, no synchronous standby streams; commits are acknowledged asynchronously\n",
+                    cell(&sync["mode"])
+                ));
+            } else if sync["strict"] == true && sync["sync_standbys"].as_array().is_some_and(Vec::is_empty) {
+                out.push_str(" Synchronous mode on (strict): no synchronous standby; commits wait for one\n");
             }
             out
         }
@@ -321,7 +353,52 @@ pub async fn restart(api: &ApiClient, args: RestartArgs) -> Result<()> {
     if let Some(s) = args.timeout {
         body["timeout"] = s.into();
     }
+    if let Some(v) = args.pg_version {
+        body["postgres_version"] = v.into();
+    }
+    if let Some(at) = args.scheduled {
+        body["schedule"] = at.into();
+    }
     on_each(api, "restart", &t, "/restart", body, RESTART_WAIT).await
+}
+
+/// `ctl flush [MEMBER...] restart|switchover`, patronictl's way to cancel what was scheduled.
+pub async fn flush(api: &ApiClient, args: FlushArgs) -> Result<()> {
+    let mut names = args.args;
+    let what = names.pop().unwrap_or_default();
+    let c = cluster(api).await?;
+    match what.as_str() {
+        "switchover" => {
+            let (_, d): (_, crate::api::model::Done) = api.delete("/switchover").await?;
+            println!("{}", d.message);
+            Ok(())
+        }
+        "restart" => {
+            let all = names.is_empty();
+            let t = targets(&c, &MemberActionArgs { names, role: "any".into(), force: true })?;
+            if !args.force {
+                let list: Vec<&str> = t.iter().map(|(n, _)| n.as_str()).collect();
+                confirm(&format!("Cancel the scheduled restart of {}?", list.join(", ")))?;
+            }
+            let mut failed = 0;
+            for (name, addr) in &t {
+                match api.with_endpoint(addr.clone()).call_text(Method::DELETE, "/restart", None::<&()>).await {
+                    Ok((_, text)) => println!("Success: flush scheduled restart for member {name}: {}", text.trim()),
+                    // Flushing every member: those with nothing scheduled are no failure.
+                    Err(ClientError::Refused { status: 404, .. }) if all => {}
+                    Err(e) => {
+                        failed += 1;
+                        println!("Failed: flush scheduled restart for member {name}: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("flush failed on {failed} of {} member(s)", t.len());
+            }
+            Ok(())
+        }
+        other => bail!("flush {other:?}: name what to cancel, `restart` or `switchover` (e.g. pgha ctl flush node2 restart)"),
+    }
 }
 
 pub async fn reload(api: &ApiClient, args: MemberActionArgs) -> Result<()> {
@@ -349,37 +426,62 @@ pub async fn reinit(api: &ApiClient, args: MemberActionArgs) -> Result<()> {
 
 /// `ctl version`: like patronictl's, the client's version, then each member's (from its
 /// `/patroni`), so a rolling upgrade shows where it stands.
-pub async fn version(api: &ApiClient) -> Result<()> {
-    println!("pgha ctl version {}", crate::VERSION);
+pub async fn version(api: &ApiClient, format: Format) -> Result<()> {
     let c = cluster(api).await?;
-    let all = MemberActionArgs { names: vec![], role: "any".into(), force: true };
-    for (name, addr) in targets(&c, &all)? {
-        match api.with_endpoint(addr).get::<Value>("/patroni").await {
-            Ok((_, v)) => {
-                let pg = v["server_version"]
-                    .as_u64()
-                    .map_or("-".to_string(), |n| format!("{}.{}", n / 10000, n % 10000));
-                println!("{name}: pgha {} PostgreSQL {pg}", v["patroni"]["version"].as_str().unwrap_or("?"));
+    let mut rows = Vec::new();
+    for (name, answer) in member_versions(api, &c).await? {
+        let (pgha, pg) = answer.unwrap_or_else(|e| {
+            eprintln!("{name}: unreachable ({e})");
+            (None, None)
+        });
+        rows.push(json!({"Member": name, "pgha": pgha, "PostgreSQL": pg}));
+    }
+    match format {
+        Format::Table => {
+            println!("pgha ctl version {}", crate::VERSION);
+            for r in &rows {
+                let text = |v: &Value| v.as_str().unwrap_or("?").to_string();
+                println!(
+                    "{}: pgha {} PostgreSQL {}",
+                    text(&r["Member"]),
+                    text(&r["pgha"]),
+                    text(&r["PostgreSQL"])
+                );
             }
-            Err(e) => println!("{name}: unreachable ({e})"),
+        }
+        _ => {
+            let doc = json!({"ctl": crate::VERSION, "members": rows});
+            print!("{}", output::render(format, &doc, &[], |_| Vec::new()));
         }
     }
     Ok(())
 }
 
-/// Each data member's pgha version, asked of its own `/patroni` (the replicated state only
-/// knows the version a member joined with); `?` for a member that does not answer.
-async fn add_versions(api: &ApiClient, c: &mut Value) {
+/// A member's pgha and PostgreSQL versions, or why it did not answer.
+type Versions = Result<(Option<String>, Option<String>), crate::api::client::ClientError>;
+
+/// Each data member's versions, asked of its own `/patroni` (the replicated state only knows
+/// the version a member joined with).
+async fn member_versions(api: &ApiClient, c: &Value) -> Result<Vec<(String, Versions)>> {
     let all = MemberActionArgs { names: vec![], role: "any".into(), force: true };
-    let Ok(targets) = targets(c, &all) else { return };
-    let mut versions = std::collections::BTreeMap::new();
-    for (name, addr) in targets {
-        let v = match api.with_endpoint(addr).get::<Value>("/patroni").await {
-            Ok((_, v)) => v["patroni"]["version"].as_str().unwrap_or("?").to_string(),
-            Err(_) => "?".to_string(),
-        };
-        versions.insert(name, v);
+    let mut out = Vec::new();
+    for (name, addr) in targets(c, &all)? {
+        let answer = api.with_endpoint(addr).get::<Value>("/patroni").await.map(|(_, v)| {
+            let pg = v["server_version"].as_u64().map(|n| format!("{}.{}", n / 10000, n % 10000));
+            (v["patroni"]["version"].as_str().map(String::from), pg)
+        });
+        out.push((name, answer));
     }
+    Ok(out)
+}
+
+/// `ctl list -e`: each member's pgha version in its row, `?` for a member that does not answer.
+async fn add_versions(api: &ApiClient, c: &mut Value) {
+    let Ok(versions) = member_versions(api, c).await else { return };
+    let versions: std::collections::BTreeMap<String, String> = versions
+        .into_iter()
+        .map(|(name, v)| (name, v.ok().and_then(|(pgha, _)| pgha).unwrap_or_else(|| "?".into())))
+        .collect();
     if let Some(members) = c["members"].as_array_mut() {
         for m in members {
             let v = m["name"].as_str().and_then(|n| versions.get(n)).cloned().unwrap_or_else(|| "?".into());
@@ -448,6 +550,7 @@ mod tests {
             "Member",
             "Host",
             "Role",
+            "Scheduled restart",
             "State",
             "TL",
             "Receive LSN",

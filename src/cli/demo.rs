@@ -36,6 +36,8 @@ struct Node {
     raft: String,
     /// Postgres `host:port`.
     pg: String,
+    /// Proxy writer and reader `host:port`.
+    proxy: (String, String),
     log: PathBuf,
     child: Option<Child>,
 }
@@ -182,6 +184,7 @@ async fn demo(args: &DemoArgs, root: &Path, nodes: &mut Vec<Node>) -> Result<()>
             api: format!("127.0.0.1:{}", ports[0]),
             raft: format!("127.0.0.1:{}", ports[1]),
             pg: format!("127.0.0.1:{}", ports[2]),
+            proxy: (format!("127.0.0.1:{}", ports[3]), format!("127.0.0.1:{}", ports[4])),
             log: dir.join("pgha.log"),
             child: None,
         });
@@ -251,7 +254,11 @@ async fn demo(args: &DemoArgs, root: &Path, nodes: &mut Vec<Node>) -> Result<()>
     println!("{}", crate::ctl::output::table(&["Member", "Role", "State", "DSN"], &rows));
     let all: Vec<&str> = nodes.iter().map(|n| n.pg.as_str()).collect();
     println!(
-        "Writes, whoever is primary (libpq multi-host):\n  postgres://postgres:{password}@{}/postgres?target_session_attrs=read-write\n",
+        "Writes, whoever is primary (any node's proxy writer port):\n  {}\n\
+         Reads from replicas (any node's proxy reader port):\n  {}\n\
+         Writes without the proxy (libpq multi-host):\n  postgres://postgres:{password}@{}/postgres?target_session_attrs=read-write\n",
+        dsn(&nodes[0].proxy.0),
+        dsn(&nodes[0].proxy.1),
         all.join(",")
     );
     for node in nodes.iter() {

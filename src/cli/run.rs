@@ -64,6 +64,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let forced =
         if args.force_new_cluster { Some(bootstrap::force_new_cluster(&cfg.raft.data_dir)?) } else { None };
     become_service_user(&cfg, &path)?;
+    raise_open_files_limit();
     // After the privilege drop, before the runtime: the long-lived thread every Postgres
     // child is forked from (its exit is what delivers their parent-death signal).
     // The fencer is forked first, while this process still has a single thread (DESIGN.md
@@ -86,6 +87,21 @@ pub fn run(args: RunArgs) -> Result<()> {
         .context("cannot start the async runtime")?;
     let reloader = Reloader::new(path, cfg.clone(), log);
     rt.block_on(serve(cfg, forced, spawner.zip(fencer), service, reloader))
+}
+
+/// The proxy holds two sockets per client: lift the soft limit on open files to the hard one
+/// (systemd's LimitNOFILE sets the hard one; the usual soft default of 1024 is far too low).
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                tracing::warn!("cannot raise the open files limit from {}", lim.rlim_cur);
+            }
+        }
+    }
 }
 
 /// As root: hand our directories to the service user and drop to it (no threads exist yet,
@@ -228,8 +244,10 @@ async fn serve(
     let api_listener = std::net::TcpListener::bind(&cfg.restapi.listen)
         .with_context(|| format!("cannot listen on restapi.listen {}", cfg.restapi.listen))?;
     api_listener.set_nonblocking(true)?;
+    let proxy_listeners = crate::proxy::Listeners::bind(&cfg.proxy)?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let proxy_stats = crate::proxy::spawn(proxy_listeners, &cfg.proxy, handle.clone(), shutdown_rx.clone())?;
     let acceptor = RaftAcceptor::from(tls::raft_server_config(&node_tls)?);
     tokio::spawn(transport::serve(raft_listener, acceptor, me, handle.watch_state(), inbox_tx));
     let (ha_stop_tx, ha_stop_rx) = watch::channel(false);
@@ -253,11 +271,19 @@ async fn serve(
             tls::api_client_config(&node_tls.ca_der, None)?,
             Duration::from_secs(2),
         ),
+        basic_auth: cfg.restapi.authentication.clone(),
+        proxy: Some(proxy_stats),
     };
     let api = tokio::spawn(server::serve(
         api_listener,
         tls::api_server_config(&node_tls)?,
         ctx,
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(crate::api::known::keep_written(
+        handle.clone(),
+        cfg.raft.data_dir.clone(),
+        cfg.name.clone(),
         shutdown_rx.clone(),
     ));
     service.ready(cfg.name.as_str(), handle.clone(), ha_control, shutdown_rx.clone());

@@ -141,11 +141,19 @@ pub struct RestApiConfig {
     /// not a wildcard.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_address: Option<String>,
+    /// Basic auth that changing calls need on top of the client certificate (Patroni's
+    /// `restapi.authentication`); health checks and reads never need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<Credentials>,
 }
 
 impl Default for RestApiConfig {
     fn default() -> Self {
-        RestApiConfig { listen: DEFAULT_RESTAPI_LISTEN.to_owned(), connect_address: None }
+        RestApiConfig {
+            listen: DEFAULT_RESTAPI_LISTEN.to_owned(),
+            connect_address: None,
+            authentication: None,
+        }
     }
 }
 
@@ -269,13 +277,74 @@ pub struct ProxyConfig {
     pub listen: String,
     /// Reader port: healthy replicas.
     pub replicas_listen: String,
+    /// A replica further behind the primary than this gets no new reader connections: bytes,
+    /// or a size like `16MB`.
+    #[serde(with = "byte_size")]
+    pub max_replica_lag: u64,
+    /// With no eligible replica, reader connections go to the `primary` or are refused
+    /// (`refuse`).
+    pub replica_fallback: ReplicaFallback,
+    /// How long a new writer connection waits for a primary (a failover or switchover in
+    /// progress) before it is refused, seconds.
+    pub primary_wait: u64,
+    /// Client connections accepted at once over both ports; more are refused.
+    pub max_connections: usize,
+    /// Seconds to connect to a Postgres backend before the client is refused.
+    pub connect_timeout: u64,
+    /// TCP keepalive idle time on client and backend sockets, seconds (0: off).
+    pub keepalive_idle: u64,
 }
+
+/// Where the reader port sends a client when no replica qualifies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaFallback {
+    #[default]
+    Primary,
+    Refuse,
+}
+
+pub const DEFAULT_PROXY_MAX_REPLICA_LAG: u64 = 16 << 20;
+pub const DEFAULT_PROXY_PRIMARY_WAIT_S: u64 = 10;
+pub const DEFAULT_PROXY_MAX_CONNECTIONS: usize = 2000;
+pub const DEFAULT_PROXY_CONNECT_TIMEOUT_S: u64 = 5;
+pub const DEFAULT_PROXY_KEEPALIVE_IDLE_S: u64 = 60;
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen: DEFAULT_PROXY_LISTEN.to_owned(),
             replicas_listen: DEFAULT_PROXY_REPLICAS_LISTEN.to_owned(),
+            max_replica_lag: DEFAULT_PROXY_MAX_REPLICA_LAG,
+            replica_fallback: ReplicaFallback::default(),
+            primary_wait: DEFAULT_PROXY_PRIMARY_WAIT_S,
+            max_connections: DEFAULT_PROXY_MAX_CONNECTIONS,
+            connect_timeout: DEFAULT_PROXY_CONNECT_TIMEOUT_S,
+            keepalive_idle: DEFAULT_PROXY_KEEPALIVE_IDLE_S,
+        }
+    }
+}
+
+/// Sizes in the config: a number of bytes, or text like `16MB` (Postgres' units, 1024-based).
+mod byte_size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Size {
+            Bytes(u64),
+            Text(String),
+        }
+        match Size::deserialize(d)? {
+            Size::Bytes(n) => Ok(n),
+            Size::Text(t) => crate::api::health::parse_size(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!("{t:?} is not a size: use bytes or e.g. 16MB, 512kB, 1GB"))
+            }),
         }
     }
 }
@@ -317,6 +386,9 @@ pub struct CtlConfig {
     pub certfile: PathBuf,
     pub keyfile: PathBuf,
     pub cacert: PathBuf,
+    /// Basic auth `pgha ctl` sends; default: `restapi.authentication` (as patronictl does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<Credentials>,
 }
 
 impl Default for CtlConfig {
@@ -325,6 +397,7 @@ impl Default for CtlConfig {
             certfile: PathBuf::from(DEFAULT_CTL_CERT_FILE),
             keyfile: PathBuf::from(DEFAULT_CTL_KEY_FILE),
             cacert: PathBuf::from(DEFAULT_CA_FILE),
+            authentication: None,
         }
     }
 }
@@ -543,7 +616,7 @@ bootstrap:
   dcs:
     ttl: 30
     loop_wait: 10
-    synchronous_mode: quorum
+    synchronous_mode: "on"
     postgresql:
       parameters: { max_wal_senders: 20, wal_keep_size: 1GB }
       pg_hba: ["host all all 10.0.0.0/8 scram-sha-256"]
@@ -597,7 +670,7 @@ bootstrap:
         assert_eq!(c.tags.failover_priority, Some(3));
         assert_eq!(c.bootstrap.dcs.ttl, 30);
         assert_eq!(c.bootstrap.dcs.retry_timeout, DynamicConfig::default().retry_timeout);
-        assert_eq!(c.bootstrap.dcs.synchronous_mode, SynchronousMode::Quorum);
+        assert_eq!(c.bootstrap.dcs.synchronous_mode, SynchronousMode::On);
         assert!(!c.bootstrap.dcs.postgresql.use_slots);
         assert!(c.bootstrap.dcs.postgresql.use_pg_rewind);
         let rewind = &c.postgresql.authentication.rewind;
@@ -609,6 +682,26 @@ bootstrap:
         assert_eq!(params["max_connections"], serde_json::json!(200));
         assert_eq!(params["work_mem"], serde_json::json!("64"));
         round_trip(&c);
+    }
+
+    #[test]
+    fn proxy_keys_take_sizes_and_named_fallbacks_and_refuse_nonsense() {
+        let with = |proxy: &str| parse(&format!("{MINIMAL_YAML}proxy: {{ {proxy} }}\n"));
+        let c = with("max_replica_lag: 1MB, replica_fallback: refuse, primary_wait: 3").unwrap();
+        assert_eq!(c.proxy.max_replica_lag, 1 << 20);
+        assert_eq!(c.proxy.replica_fallback, ReplicaFallback::Refuse);
+        assert_eq!(c.proxy.primary_wait, 3);
+        assert_eq!(with("max_replica_lag: 4096").unwrap().proxy.max_replica_lag, 4096);
+        round_trip(&c);
+        for (bad, needle) in [
+            ("max_replica_lag: lots", "not a size"),
+            ("replica_fallback: maybe", "replica_fallback"),
+            ("max_connections: 0", "proxy.max_connections"),
+            ("connect_timeout: 0", "proxy.connect_timeout"),
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -26,6 +26,24 @@ impl LocalConfig {
         listens.push(("raft.listen", raft));
         v.absolute("raft.data_dir", Some(&self.raft.data_dir), DEFAULT_RAFT_DATA_DIR)?;
 
+        for (key, auth) in [
+            ("restapi.authentication", &self.restapi.authentication),
+            ("ctl.authentication", &self.ctl.authentication),
+        ] {
+            if let Some(a) = auth {
+                if a.username.is_empty() || a.username.contains(':') {
+                    return Err(v.invalid(
+                        format!("{key}.username"),
+                        "is empty or contains ':'",
+                        "use a user name without ':' (basic auth separates user and password with it)",
+                    ));
+                }
+                if a.password.as_deref().is_none_or(str::is_empty) {
+                    return Err(v.invalid(format!("{key}.password"), "is missing", "set a password"));
+                }
+            }
+        }
+
         if !self.witness {
             let pg = &self.postgresql;
             let listen = v.listen("postgresql.listen", &pg.listen)?;
@@ -45,6 +63,12 @@ impl LocalConfig {
             listens.push((key, v.listen(key, readers)?));
         }
         v.distinct(&listens)?;
+        if self.proxy.max_connections == 0 {
+            return Err(v.invalid("proxy.max_connections", "is 0", "use at least 1 (default 2000)"));
+        }
+        if self.proxy.connect_timeout == 0 {
+            return Err(v.invalid("proxy.connect_timeout", "is 0", "use at least 1 second (default 5)"));
+        }
 
         v.absolute("tls.cafile", Some(&self.tls.cafile), DEFAULT_CA_FILE)?;
         v.absolute("tls.certfile", Some(&self.tls.certfile), DEFAULT_NODE_CERT_FILE)?;
@@ -257,6 +281,11 @@ impl Check<'_> {
                         loop_wait + retry_timeout + margin + 1
                     ),
                 )),
+            Err(DynamicConfigError::QuorumUnsupported) => Err(self.invalid(
+                "bootstrap.dcs.synchronous_mode",
+                "quorum is not supported yet",
+                "use on (synchronous_node_count sets how many standbys acknowledge each commit)",
+            )),
         }
     }
 }

@@ -88,6 +88,25 @@ pub struct Member {
     /// member disappears from the state when that change is applied.
     #[serde(default)]
     pub removing: bool,
+    /// A restart of this member's Postgres planned for later (`POST /restart` with `schedule`);
+    /// its HA loop carries it out and clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_restart: Option<ScheduledRestart>,
+}
+
+/// Patroni's scheduled restart with its conditions, checked when the time comes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledRestart {
+    /// Wall clock, milliseconds since the epoch.
+    pub at_ms: u64,
+    #[serde(default)]
+    pub restart_pending: bool,
+    /// `primary` or `replica`; none: either.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Restart only while the running server is older than this version (e.g. `15.8`).
+    #[serde(default)]
+    pub postgres_version: Option<String>,
 }
 
 /// A one-time join token, stored only as the SHA-256 of its secret.
@@ -156,6 +175,33 @@ pub struct ClusterState {
     pub ca: CaMaterial,
     /// Generated Postgres role secrets (role -> password).
     pub secrets: BTreeMap<String, String>,
+    /// The synchronous standbys the primary published (synchronous modes).
+    #[serde(default)]
+    pub sync: SyncState,
+}
+
+/// What the primary published about synchronous replication (DESIGN.md "Synchronous and
+/// quorum replication"). `members` is always a subset of the standbys that acknowledged every
+/// commit since they were published, so after a primary's lease expired only one of them may
+/// take over. With no members: `degraded` means the primary may acknowledge commits
+/// asynchronously (mode off, or `on` without a standby in non-strict mode), and the
+/// asynchronous rules choose the next primary, but only among members at or past `min_lsn`
+/// (the primary's position when it stopped waiting for standbys: every commit acknowledged
+/// synchronously before is below it); otherwise commits wait for a standby not published yet,
+/// and nobody may be promoted automatically.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    pub members: BTreeSet<MemberName>,
+    pub degraded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_lsn: Option<Lsn>,
+}
+
+impl Default for SyncState {
+    /// A new cluster is asynchronous until its primary publishes otherwise.
+    fn default() -> Self {
+        SyncState { members: BTreeSet::new(), degraded: true, min_lsn: None }
+    }
 }
 
 /// Identifies a proposal so the proposing node can match the applied entry to its waiter.
@@ -268,6 +314,18 @@ pub enum Command {
         request: SwitchoverRequest,
     },
     CancelSwitchover,
+    /// The lease holder of `epoch` publishes its synchronous standbys.
+    SetSync {
+        holder: MemberName,
+        epoch: LeaseEpoch,
+        sync: SyncState,
+    },
+    /// Plans (`Some`) or drops (`None`) a restart of `member`'s Postgres. Only one may be
+    /// planned at a time, as in Patroni.
+    ScheduleRestart {
+        member: MemberName,
+        restart: Option<ScheduledRestart>,
+    },
     /// Replaces the dynamic configuration if `expected_version` is current (the proposer
     /// validated it; every node re-checks its own safety margin when it applies it).
     SetConfig {
@@ -322,6 +380,16 @@ pub enum Rejection {
     TimelineRecorded { timeline: Timeline },
     #[error("{why}")]
     Switchover { why: String },
+    #[error("{member} is not a synchronous standby of the last primary (synchronous_mode: only those hold every acknowledged commit)")]
+    NotSyncStandby { member: MemberName },
+    #[error("{member} is at {lsn}, before {min_lsn}, where the last primary stopped waiting for synchronous standbys")]
+    BeforeSyncDegraded { member: MemberName, lsn: Lsn, min_lsn: Lsn },
+    #[error("the last primary published no synchronous standby while its commits waited for one: no member is known to hold every acknowledged commit (synchronous_mode_strict); bring the primary back or fail over manually")]
+    NoSyncStandby,
+    #[error("{member} already has a restart scheduled at {at}: cancel it first (DELETE /restart, `pgha ctl flush MEMBER restart`)")]
+    RestartScheduled { member: MemberName, at: String },
+    #[error("{member} has no scheduled restart")]
+    NoRestartScheduled { member: MemberName },
     #[error("the configuration changed meanwhile (version {actual}, expected {expected}): reload and retry")]
     ConfigVersion { expected: u64, actual: u64 },
 }
@@ -374,6 +442,7 @@ impl ClusterState {
                 version: first.version,
                 status: None,
                 removing: false,
+                scheduled_restart: None,
             },
         );
         ClusterState {
@@ -384,6 +453,7 @@ impl ClusterState {
             last_epoch: LeaseEpoch(0),
             last_primary_lsn: None,
             release_checkpoint: None,
+            sync: SyncState::default(),
             members,
             next_node_id: 2,
             config,
@@ -466,6 +536,7 @@ impl ClusterState {
                     }
                     (Some(name), None) => {
                         self.members.remove(&name);
+                        self.sync.members.remove(&name);
                         if self.lease.as_ref().is_some_and(|l| l.holder == name) {
                             // A removed member can no longer renew; freeing the lease here is
                             // safe only because removal is refused while it holds it (api).
@@ -489,6 +560,8 @@ impl ClusterState {
                 self.switchover = None;
                 Outcome::Accepted
             }
+            Command::ScheduleRestart { member, restart } => self.schedule_restart(member, restart),
+            Command::SetSync { holder, epoch, sync } => self.set_sync(holder, epoch, sync),
             Command::SetConfig { expected_version, config } => self.set_config(expected_version, config),
             Command::PruneTokens { now_ms } => {
                 self.tokens.retain(|_, t| t.used_by.is_none() && t.expires_at_ms > now_ms);
@@ -530,6 +603,12 @@ impl ClusterState {
         if let Some(reason) = self.wal_blocker(&candidate, lsn) {
             return Outcome::Rejected { reason };
         }
+        if let Some(reason) = self.sync_blocker(&candidate, lsn) {
+            return Outcome::Rejected { reason };
+        }
+        // The new primary's own commits are acknowledged by the others still published (it
+        // names them before it promotes); it is no standby of itself.
+        self.sync.members.remove(&candidate);
         let epoch = self.last_epoch.next();
         self.last_epoch = epoch;
         // A switchover is done once someone other than the member it moved the role away
@@ -561,6 +640,7 @@ impl ClusterState {
         if member.membership == RaftMembership::Pending {
             // Never entered Raft: nothing to reconfigure.
             self.members.remove(&name);
+            self.sync.members.remove(&name);
         } else if let Some(m) = self.members.get_mut(&name) {
             m.removing = true;
         }
@@ -612,6 +692,7 @@ impl ClusterState {
                 version: m.version,
                 status: None,
                 removing: false,
+                scheduled_restart: None,
             },
         );
         Outcome::Joined { node_id }

@@ -4,7 +4,8 @@
 //! local view may propose, it cannot win). Deterministic like the rest of `apply`.
 
 use super::state::{
-    ClusterState, HistoryEntry, Initialize, MemberStatus, Outcome, Rejection, SwitchoverRequest,
+    ClusterState, HistoryEntry, Initialize, MemberStatus, Outcome, Rejection, ScheduledRestart,
+    SwitchoverRequest, SyncState,
 };
 use crate::config::dynamic::DynamicConfig;
 use crate::types::{LeaseEpoch, Lsn, MemberName};
@@ -71,6 +72,64 @@ impl ClusterState {
                 Outcome::Accepted
             }
             None => Outcome::Rejected { reason: Rejection::UnknownMember { member } },
+        }
+    }
+
+    /// Why `candidate` may not take a lease that expired (not one released cleanly: rule 6's
+    /// checkpoint covers that): outside the published synchronous standbys, or with none
+    /// published while the primary's commits waited for one.
+    pub(super) fn sync_blocker(&self, candidate: &MemberName, lsn: Option<Lsn>) -> Option<Rejection> {
+        if self.release_checkpoint.is_some() {
+            return None;
+        }
+        if !self.sync.members.is_empty() {
+            return (!self.sync.members.contains(candidate))
+                .then(|| Rejection::NotSyncStandby { member: candidate.clone() });
+        }
+        if !self.sync.degraded {
+            return Some(Rejection::NoSyncStandby);
+        }
+        let min_lsn = self.sync.min_lsn?;
+        let reported = self.members.get(candidate)?.status.as_ref().and_then(|s| s.replay_lsn.or(s.wal_lsn));
+        let lsn = lsn.or(reported).unwrap_or(Lsn(0));
+        (lsn < min_lsn).then(|| Rejection::BeforeSyncDegraded { member: candidate.clone(), lsn, min_lsn })
+    }
+
+    /// The holder of `epoch` publishes its synchronous standbys: existing data members other
+    /// than itself.
+    pub(super) fn set_sync(&mut self, holder: MemberName, epoch: LeaseEpoch, sync: SyncState) -> Outcome {
+        if !self.lease.as_ref().is_some_and(|l| l.holder == holder && l.epoch == epoch) {
+            return Outcome::Rejected { reason: Rejection::NotHolder { member: holder } };
+        }
+        if let Some(m) =
+            sync.members.iter().find(|m| **m == holder || self.members.get(*m).is_none_or(|x| x.witness))
+        {
+            return Outcome::Rejected { reason: Rejection::UnknownMember { member: m.clone() } };
+        }
+        self.sync = sync;
+        Outcome::Accepted
+    }
+
+    pub(super) fn schedule_restart(
+        &mut self,
+        member: MemberName,
+        restart: Option<ScheduledRestart>,
+    ) -> Outcome {
+        let Some(m) = self.members.get_mut(&member) else {
+            return Outcome::Rejected { reason: Rejection::UnknownMember { member } };
+        };
+        if m.witness {
+            return Outcome::Rejected { reason: Rejection::Witness { member } };
+        }
+        match (&m.scheduled_restart, restart) {
+            (Some(planned), Some(_)) => Outcome::Rejected {
+                reason: Rejection::RestartScheduled { at: crate::clock::rfc3339_ms(planned.at_ms), member },
+            },
+            (None, None) => Outcome::Rejected { reason: Rejection::NoRestartScheduled { member } },
+            (_, new) => {
+                m.scheduled_restart = new;
+                Outcome::Accepted
+            }
         }
     }
 

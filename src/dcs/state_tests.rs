@@ -353,3 +353,101 @@ fn apply_is_deterministic() {
     assert_eq!(oa, ob);
     assert_eq!(serde_json::to_vec(&a).unwrap(), serde_json::to_vec(&b).unwrap());
 }
+
+#[test]
+fn a_member_has_at_most_one_scheduled_restart() {
+    let planned =
+        |at_ms| ScheduledRestart { at_ms, restart_pending: false, role: None, postgres_version: None };
+    let schedule =
+        |m: &str, r: Option<ScheduledRestart>| Command::ScheduleRestart { member: name(m), restart: r };
+    // (state before: n2's planned restart, command, outcome kind, n2's planned restart after)
+    let cases: Vec<(Option<u64>, Command, &str, Option<u64>)> = vec![
+        (None, schedule("n2", Some(planned(5))), "accepted", Some(5)),
+        (Some(5), schedule("n2", Some(planned(9))), "restart_scheduled", Some(5)),
+        (Some(5), schedule("n2", None), "accepted", None),
+        (None, schedule("n2", None), "no_restart_scheduled", None),
+        (None, schedule("ghost", Some(planned(5))), "unknown_member", None),
+        (None, schedule("n3", Some(planned(5))), "witness", None),
+    ];
+    for (before, cmd, want, after) in cases {
+        let mut s = St::three().witness("n3").0;
+        s.members.get_mut(&name("n2")).unwrap().scheduled_restart = before.map(planned);
+        let out = s.apply(cmd.clone());
+        let kind = match &out {
+            Outcome::Accepted => "accepted".to_string(),
+            Outcome::Rejected { reason } => {
+                serde_json::to_value(reason).unwrap()["reason"].as_str().unwrap().to_string()
+            }
+            other => format!("{other:?}"),
+        };
+        assert_eq!(kind, want, "{cmd:?}");
+        assert_eq!(s.members[&name("n2")].scheduled_restart.as_ref().map(|r| r.at_ms), after, "{cmd:?}");
+    }
+}
+
+#[test]
+fn synchronous_standbys_gate_an_acquire_after_expiry() {
+    let sync = |members: &[&str], degraded: bool, min_lsn: Option<u64>| SyncState {
+        members: members.iter().map(|m| name(m)).collect(),
+        degraded,
+        min_lsn: min_lsn.map(Lsn),
+    };
+    // (case, published, candidate, lsn, clean release checkpoint, outcome kind)
+    type Case = (&'static str, SyncState, &'static str, u64, Option<u64>, &'static str);
+    let cases: Vec<Case> = vec![
+        ("the synchronous standby", sync(&["n2"], false, None), "n2", 100, None, "lease_granted"),
+        ("another standby", sync(&["n2"], false, None), "n3", 100, None, "not_sync_standby"),
+        ("strict, none published", sync(&[], false, None), "n3", 100, None, "no_sync_standby"),
+        ("degraded, at the position", sync(&[], true, Some(100)), "n3", 100, None, "lease_granted"),
+        ("degraded, before it", sync(&[], true, Some(101)), "n3", 100, None, "before_sync_degraded"),
+        ("asynchronous cluster", SyncState::default(), "n3", 100, None, "lease_granted"),
+        ("after a clean release", sync(&["n2"], false, None), "n3", 100, Some(90), "lease_granted"),
+    ];
+    for (case, published, candidate, lsn, checkpoint, want) in cases {
+        let mut s = St::three().free_after(4).0;
+        s.sync = published;
+        s.release_checkpoint = checkpoint.map(Lsn);
+        let out = s.apply(Command::AcquireLease {
+            candidate: name(candidate),
+            expected_epoch: LeaseEpoch(4),
+            ttl_ms: 10_000,
+            renewal: 1,
+            lsn: Some(Lsn(lsn)),
+        });
+        let kind = match &out {
+            Outcome::LeaseGranted { .. } => "lease_granted".to_string(),
+            Outcome::Rejected { reason } => {
+                serde_json::to_value(reason).unwrap()["reason"].as_str().unwrap().to_string()
+            }
+            other => format!("{other:?}"),
+        };
+        assert_eq!(kind, want, "{case}");
+        if want == "lease_granted" {
+            assert!(
+                !s.sync.members.contains(&name(candidate)),
+                "{case}: the new primary is no standby of itself"
+            );
+        }
+    }
+}
+
+#[test]
+fn only_the_lease_holder_publishes_synchronous_standbys() {
+    let mut s = St::three().held("n1", 2, 1).0;
+    let members = |m: &[&str]| SyncState {
+        members: m.iter().map(|x| name(x)).collect(),
+        degraded: false,
+        min_lsn: None,
+    };
+    let publish = |holder: &str, epoch: u64, m: &[&str]| Command::SetSync {
+        holder: name(holder),
+        epoch: LeaseEpoch(epoch),
+        sync: members(m),
+    };
+    assert!(matches!(s.apply(publish("n2", 2, &["n3"])), Outcome::Rejected { .. }), "not the holder");
+    assert!(matches!(s.apply(publish("n1", 1, &["n3"])), Outcome::Rejected { .. }), "an old epoch");
+    assert!(matches!(s.apply(publish("n1", 2, &["n1"])), Outcome::Rejected { .. }), "itself");
+    assert!(matches!(s.apply(publish("n1", 2, &["ghost"])), Outcome::Rejected { .. }), "not a member");
+    assert_eq!(s.apply(publish("n1", 2, &["n3"])), Outcome::Accepted);
+    assert_eq!(s.sync, members(&["n3"]));
+}

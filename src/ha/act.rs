@@ -26,6 +26,8 @@ pub(super) const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound of `pg_promote(wait => true)`.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After a reload that changed `synchronous_standby_names` right before a promotion.
+const SYNC_RELOAD_SETTLE: Duration = Duration::from_millis(300);
 /// Bound of the `bootstrap.post_bootstrap` script.
 const POST_BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -68,6 +70,7 @@ impl HaLoop {
             }
             Action::Promote => self.promote(c, pg).await,
             Action::StartPrimary => {
+                self.set_sync_names(super::sync::SyncNames::for_new_primary(c, &self.me));
                 self.arm_watchdog(dynamic)?;
                 self.local.start(c, None).await?;
                 // Started under a valid lease (decide): fence it from now on.
@@ -319,6 +322,13 @@ impl HaLoop {
         let (Some(timeline), Some(switch_lsn)) = (pg.timeline(), pg.lsn()) else {
             return Err("not promoting: Postgres is not running".into());
         };
+        // Synchronous modes: what the new primary waits for is in its files and loaded before
+        // it accepts a write (standbys keep it current; a change is reloaded here).
+        self.set_sync_names(super::sync::SyncNames::for_new_primary(c, &self.me));
+        if self.local.refresh_config(c, false).await? {
+            // pg_reload_conf() only signals: give the processes a moment to read the files.
+            clock::sleep(SYNC_RELOAD_SETTLE).await;
+        }
         let session = self.local.session(Some(c)).await.map_err(err)?;
         // Fenced before it can accept a write: a pgha that hangs right after pg_promote() must
         // not leave a writable, unfenced primary behind.

@@ -32,6 +32,8 @@ pub struct NodeView {
     pub reinitializing: bool,
     /// `watchdog.mode: required` and no working watchdog: this node may not become primary.
     pub watchdog_failed: bool,
+    /// The watchdog device is armed (this node runs, or is about to run, as primary).
+    pub watchdog_active: bool,
 }
 
 impl NodeView {
@@ -48,12 +50,51 @@ pub enum RoleFilter {
     Replica,
 }
 
+impl RoleFilter {
+    /// Patroni's `role` values; `any` or none: no filter.
+    pub fn parse(role: Option<&str>) -> Result<Option<RoleFilter>, String> {
+        match role {
+            None | Some("any") => Ok(None),
+            Some("primary" | "master" | "leader") => Ok(Some(RoleFilter::Primary)),
+            Some("replica") => Ok(Some(RoleFilter::Replica)),
+            Some(other) => Err(format!("role {other:?}: use primary, replica or any")),
+        }
+    }
+}
+
+/// When a restart may go ahead (Patroni's conditions of `POST /restart`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestartConditions {
+    /// Only when a parameter change waits for a restart.
+    pub only_pending: bool,
+    /// Only when Postgres runs in this role.
+    pub role: Option<RoleFilter>,
+    /// Only while the running server is older than this `server_version_num` (a minor
+    /// upgrade: restart the members still on the old binaries).
+    pub older_than: Option<u32>,
+}
+
+/// `15.4` (or `9.6.3`, or `15`) as a `server_version_num` (150004, 90603, 150000), as
+/// Patroni reads the `postgres_version` condition.
+pub fn parse_postgres_version(text: &str) -> Result<u32, String> {
+    let bad = || format!("postgres_version {text:?}: use a PostgreSQL version like 15.4");
+    let parts: Vec<u32> =
+        text.trim().split('.').map(|p| p.parse::<u32>().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    match parts[..] {
+        [major] if major >= 10 => Ok(major * 10000),
+        [major, minor] if major >= 10 => Ok(major * 10000 + minor),
+        [major, minor, patch] if major < 10 && minor < 100 && patch < 100 => {
+            Ok(major * 10000 + minor * 100 + patch)
+        }
+        _ => Err(bad()),
+    }
+}
+
 /// A manual action on the local node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// Restart Postgres in the role it runs in. `only_pending`: only when a parameter change
-    /// waits for a restart; `role`: only when it runs in that role.
-    Restart { only_pending: bool, role: Option<RoleFilter> },
+    /// Restart Postgres in the role it runs in, if the conditions hold.
+    Restart(RestartConditions),
     /// Rewrite the configuration files from the replicated config and reload Postgres.
     Reload,
     /// Replace a replica's data directory with a fresh clone of the primary.
@@ -122,5 +163,36 @@ impl HaControl {
                 timeout.as_secs()
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_versions_read_like_patroni() {
+        let cases = [
+            ("15.4", Ok(150004)),
+            ("15", Ok(150000)),
+            ("17.10", Ok(170010)),
+            ("9.6.3", Ok(90603)),
+            ("9.6", Err(())),
+            ("15.4.1", Err(())),
+            ("fifteen", Err(())),
+            ("", Err(())),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_postgres_version(text).map_err(|_| ()), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn roles_read_like_patroni() {
+        assert_eq!(RoleFilter::parse(None), Ok(None));
+        assert_eq!(RoleFilter::parse(Some("any")), Ok(None));
+        assert_eq!(RoleFilter::parse(Some("master")), Ok(Some(RoleFilter::Primary)));
+        assert_eq!(RoleFilter::parse(Some("replica")), Ok(Some(RoleFilter::Replica)));
+        assert!(RoleFilter::parse(Some("standby")).is_err());
     }
 }

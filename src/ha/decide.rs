@@ -274,6 +274,11 @@ pub fn decide(obs: &Observation) -> Decision {
                 };
             }
         }
+        // Paused: a stopped primary stays stopped (Patroni does not start Postgres in
+        // maintenance mode; `ctl restart` does), and keeps its lease so nobody takes over.
+        if paused && matches!(pg, LocalPg::Stopped { .. } | LocalPg::Absent) {
+            return d(Action::RenewLease { epoch }, Reason::Paused);
+        }
         return renew_or_start(pg, epoch, Reason::Primary { epoch });
     }
 

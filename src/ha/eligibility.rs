@@ -40,6 +40,16 @@ pub enum Ineligible {
     SwitchingAway,
     /// `watchdog.mode: required` and no working watchdog.
     WatchdogRequired,
+    /// Synchronous mode: the last primary published other synchronous standbys.
+    NotSyncStandby,
+    /// Synchronous mode: the last primary's commits waited for a standby it had not
+    /// published yet (strict, or a change of standby in progress).
+    NoSyncStandby,
+    /// Synchronous mode, degraded: before the position where the primary stopped waiting.
+    BeforeSyncDegraded {
+        lsn: Lsn,
+        min_lsn: Lsn,
+    },
     /// This member has not reached the newest timeline in the history yet.
     OldTimeline {
         mine: Timeline,
@@ -60,6 +70,17 @@ impl fmt::Display for Ineligible {
                 write!(f, "watchdog.mode is required and the watchdog does not work")
             }
             Ineligible::NoPosition => write!(f, "no WAL position known"),
+            Ineligible::NotSyncStandby => {
+                write!(f, "not a synchronous standby of the last primary (only those hold every acknowledged commit)")
+            }
+            Ineligible::BeforeSyncDegraded { lsn, min_lsn } => write!(
+                f,
+                "at {lsn}, before {min_lsn}, where the last primary stopped waiting for synchronous standbys"
+            ),
+            Ineligible::NoSyncStandby => write!(
+                f,
+                "the last primary published no synchronous standby while its commits waited for one (strict)"
+            ),
             Ineligible::TooFarBehind { lag, max } => {
                 write!(f, "{lag} bytes behind the last primary position (maximum_lag_on_failover {max})")
             }
@@ -121,6 +142,24 @@ pub fn timeline_blocker(cluster: &ClusterState, mine: Option<Timeline>) -> Optio
     }
 }
 
+/// Synchronous modes, as the acquire's compare-and-set judges them: after an expired lease
+/// only a published synchronous standby may take over; a clean release (its checkpoint) lets
+/// any caught-up member.
+pub fn sync_blocker(cluster: &ClusterState, member: &MemberName, lsn: Option<Lsn>) -> Option<Ineligible> {
+    if cluster.release_checkpoint.is_some() {
+        return None;
+    }
+    if !cluster.sync.members.is_empty() {
+        return (!cluster.sync.members.contains(member)).then_some(Ineligible::NotSyncStandby);
+    }
+    if !cluster.sync.degraded {
+        return Some(Ineligible::NoSyncStandby);
+    }
+    let min_lsn = cluster.sync.min_lsn?;
+    let lsn = lsn.unwrap_or(Lsn(0));
+    (lsn < min_lsn).then_some(Ineligible::BeforeSyncDegraded { lsn, min_lsn })
+}
+
 /// Why `me` must not take the lease, or `None` if it may try.
 pub fn blocker(
     cluster: &ClusterState,
@@ -143,6 +182,9 @@ pub fn blocker(
             return Some(Ineligible::NotTheCandidate { candidate: candidate.clone() });
         }
     }
+    if let Some(why) = sync_blocker(cluster, me, my_lsn) {
+        return Some(why);
+    }
     let Some(lsn) = my_lsn else { return Some(Ineligible::NoPosition) };
     if let Some(checkpoint) = cluster.release_checkpoint {
         if lsn < checkpoint {
@@ -162,6 +204,7 @@ pub fn blocker(
             || other.witness
             || other.tags.nofailover
             || other.tags.failover_priority == Some(0)
+            || sync_blocker(cluster, &other.name, fresh_lsn(other, wall_now_ms)).is_some()
         {
             continue;
         }

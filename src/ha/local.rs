@@ -130,6 +130,8 @@ pub struct LocalPostgres {
     /// the walreceiver stops (its primary died), the control file still names an older one
     /// until the next restartpoint, and the replica would look further behind than it is.
     seen_timeline: Option<crate::types::Timeline>,
+    /// `synchronous_standby_names` for the next write of the files (`None`: asynchronous).
+    sync_names: Option<String>,
     /// The configuration files as last written (`pgha.conf`, `pg_hba.conf`), to tell when the
     /// replicated config changed them.
     written: Option<(String, String)>,
@@ -158,6 +160,7 @@ impl LocalPostgres {
             postmaster: None,
             upstream: None,
             written: None,
+            sync_names: None,
             seen_timeline: None,
         })
     }
@@ -380,7 +383,7 @@ impl LocalPostgres {
             hba_file: &hba_file,
             tls: TlsFiles { cert: &self.tls.0, key: &self.tls.1, ca: &self.tls.2 },
             follow: follow.as_ref(),
-            synchronous_standby_names: None,
+            synchronous_standby_names: self.sync_names.as_deref(),
             dynamic: &cluster.config.postgresql.parameters,
             local: &self.local_parameters,
         })
@@ -440,6 +443,12 @@ impl LocalPostgres {
         self.reload(cluster).await?;
         self.upstream = Some(upstream.clone());
         Ok(())
+    }
+
+    /// What Postgres waits for before it acknowledges a commit, from the next write of the
+    /// configuration files on (`refresh_config`, a start).
+    pub fn set_sync_names(&mut self, names: Option<String>) {
+        self.sync_names = names;
     }
 
     /// After `pg_promote()`: the postmaster now runs as a primary (its files still say

@@ -50,6 +50,7 @@ fn cluster() -> ClusterState {
                 version: m.version,
                 status: None,
                 removing: false,
+                scheduled_restart: None,
             },
         );
     }

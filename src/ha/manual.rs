@@ -7,8 +7,9 @@
 
 use super::act::COPY_TIMEOUT;
 use super::callbacks::CallbackEvent;
-use super::control::{Reply, Request, RequestError, RoleFilter};
+use super::control::{self, Reply, Request, RequestError, RestartConditions, RoleFilter};
 use super::local::RoleOf;
+use super::observe::LocalPg;
 use super::run::HaLoop;
 use crate::clock::{self, BootInstant};
 use crate::dcs::state::ClusterState;
@@ -59,8 +60,7 @@ impl HaLoop {
                     });
                 let _ = reply.send(result);
             }
-            Request::Restart { only_pending, role } => match self.restart(&cluster, only_pending, role).await
-            {
+            Request::Restart(conditions) => match self.restart(&cluster, &conditions).await {
                 Ok(()) => {
                     self.restart_in_progress =
                         Some(RestartInProgress { reply, deadline: clock::boot_now() + RESTART_WAIT });
@@ -92,24 +92,29 @@ impl HaLoop {
     async fn restart(
         &mut self,
         c: &ClusterState,
-        only_pending: bool,
-        role: Option<RoleFilter>,
+        conditions: &RestartConditions,
     ) -> Result<(), RequestError> {
         if self.restart_in_progress.is_some() {
             return Err(refused("a restart is already in progress"));
         }
         if self.local.pid().is_none() {
-            return Err(refused("Postgres is not running; pgha starts it by itself when it should run"));
+            return self.start_stopped(c, conditions).await;
         }
         let (pg, probe) = self.local.observe(c).await;
         let Some(probe) = probe else {
             return Err(refused("Postgres does not answer yet (starting or in recovery); try again"));
         };
-        if only_pending && !probe.needs_restart() {
+        if conditions.only_pending && !probe.needs_restart() {
             return Err(refused(format!("{NOT_SATISFIED}: no restart is pending")));
         }
+        if let Some(version) = conditions.older_than.filter(|v| probe.server_version >= *v) {
+            return Err(refused(format!(
+                "{NOT_SATISFIED}: Postgres runs version {} already, not older than {}",
+                probe.server_version, version
+            )));
+        }
         let primary = pg.is_running_primary();
-        match role {
+        match conditions.role {
             Some(RoleFilter::Primary) if !primary => {
                 return Err(refused(format!("{NOT_SATISFIED}: this member is not the primary")))
             }
@@ -149,12 +154,106 @@ impl HaLoop {
         Ok(())
     }
 
+    /// A restart of a stopped Postgres starts it, as Patroni's does. Outside pause mode the HA
+    /// loop starts it by itself; in pause mode it is started here in its role: the lease
+    /// holder as primary (lease renewed, watchdog and fence armed first), any other member as
+    /// a replica following the holder.
+    async fn start_stopped(
+        &mut self,
+        c: &ClusterState,
+        conditions: &RestartConditions,
+    ) -> Result<(), RequestError> {
+        if !c.config.pause {
+            return Err(refused("Postgres is not running; pgha starts it by itself when it should run"));
+        }
+        if conditions.only_pending {
+            return Err(refused(format!("{NOT_SATISFIED}: Postgres is stopped, no restart is pending")));
+        }
+        if conditions.older_than.is_some() {
+            return Err(refused(format!("{NOT_SATISFIED}: Postgres is stopped, its version is unknown")));
+        }
+        let holder = match c.lease.as_ref() {
+            Some(l) => l.holder.clone(),
+            None => {
+                return Err(refused("there is no primary to follow; `pgha ctl resume` lets pgha elect one"))
+            }
+        };
+        if holder == self.me {
+            if conditions.role == Some(RoleFilter::Replica) {
+                return Err(refused(format!("{NOT_SATISFIED}: this member is the primary")));
+            }
+            let was_primary =
+                matches!(self.local.observe(c).await.0, LocalPg::Stopped { was_primary: true, .. });
+            if !was_primary {
+                return Err(refused("this member holds the lease but its data directory is a standby's: `pgha ctl resume` lets pgha promote it"));
+            }
+            // As the HA loop starts a primary: a fresh ttl first, watchdog and fence armed.
+            let lease = c.lease.as_ref().expect("holder checked above");
+            let outcome = self
+                .handle
+                .renew_lease(lease.epoch, c.config.ttl(), c.config.retry_timeout(), None)
+                .await
+                .map_err(failed)?;
+            if let crate::dcs::state::Outcome::Rejected { reason } = outcome {
+                return Err(refused(format!("the lease renewal before the start was rejected: {reason}")));
+            }
+            self.arm_watchdog(&c.config).map_err(refused)?;
+            self.local.start(c, None).await.map_err(failed)?;
+            self.extend_fence().await;
+            self.callbacks.fire(CallbackEvent::OnRestart, "primary");
+            return Ok(());
+        }
+        if conditions.role == Some(RoleFilter::Primary) {
+            return Err(refused(format!("{NOT_SATISFIED}: this member is not the primary")));
+        }
+        self.disarm_fence();
+        self.local.start(c, Some(&holder)).await.map_err(failed)?;
+        self.callbacks.fire(CallbackEvent::OnRestart, "replica");
+        Ok(())
+    }
+
+    /// Carries out this member's scheduled restart once its time came: it is dropped from the
+    /// replicated state first (so it runs once even if pgha dies half-way), then the
+    /// conditions are checked as for an immediate restart. The outcome goes to the log.
+    pub(super) async fn run_scheduled_restart(&mut self, c: &ClusterState, now_ms: u64) {
+        let Some(planned) = c.members.get(&self.me).and_then(|m| m.scheduled_restart.clone()) else {
+            return;
+        };
+        if planned.at_ms > now_ms || self.restart_in_progress.is_some() {
+            return;
+        }
+        let drop = crate::dcs::state::Command::ScheduleRestart { member: self.me.clone(), restart: None };
+        if let Err(e) = self.handle.propose(drop).await {
+            tracing::warn!(member = %self.me, "cannot clear the scheduled restart, trying again: {e}");
+            return;
+        }
+        let conditions = RestartConditions {
+            only_pending: planned.restart_pending,
+            role: RoleFilter::parse(planned.role.as_deref()).unwrap_or(None),
+            older_than: planned
+                .postgres_version
+                .as_deref()
+                .and_then(|v| control::parse_postgres_version(v).ok()),
+        };
+        tracing::info!(member = %self.me, ?conditions, "scheduled restart");
+        match self.restart(c, &conditions).await {
+            Ok(()) => {
+                // Nobody waits for the answer; the log has the outcome of the start.
+                let (reply, _) = oneshot::channel();
+                self.restart_in_progress =
+                    Some(RestartInProgress { reply, deadline: clock::boot_now() + RESTART_WAIT });
+            }
+            Err(e) => tracing::warn!(member = %self.me, "scheduled restart not done: {e}"),
+        }
+    }
+
     /// Answers a restart in progress once its postmaster answers, or when it took too long.
     pub(super) fn check_restart(&mut self, running: bool) {
         let Some(progress) = self.restart_in_progress.take() else { return };
         if running {
             let _ = progress.reply.send(Ok("restarted successfully".into()));
         } else if clock::boot_now() >= progress.deadline {
+            tracing::warn!(member = %self.me, "the restarted Postgres does not accept connections yet");
             let _ = progress.reply.send(Err(failed(format!(
                 "Postgres did not accept connections within {} s of the restart",
                 RESTART_WAIT.as_secs()

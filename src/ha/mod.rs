@@ -15,5 +15,6 @@ mod local_tests;
 pub mod manual;
 pub mod observe;
 pub mod run;
+pub mod sync;
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@ use super::decide::{decide, Action, Decision};
 use super::local::LocalPostgres;
 use super::manual::RestartInProgress;
 use super::observe::{LocalPg, Observation, PgRole};
+use super::sync::{self, SyncNames, SyncStep};
 use crate::clock;
 use crate::dcs::handle::Handle;
 use crate::dcs::state::{ClusterState, Command, MemberStatus, Tags};
@@ -130,6 +131,11 @@ pub struct HaLoop {
     last_report: Option<(MemberStatus, clock::BootInstant)>,
     /// The slot names last ensured on our primary (re-done when the wanted set changes).
     slots: Option<Vec<String>>,
+    /// What our Postgres waits for before acknowledging a commit, as last written.
+    pub(super) sync_names: SyncNames,
+    /// The primary's WAL position when the standbys named in `sync_names` were first seen
+    /// synchronous; they are published once they flushed up to it.
+    pub(super) sync_named_at: Option<crate::types::Lsn>,
 }
 
 impl HaLoop {
@@ -162,6 +168,8 @@ impl HaLoop {
             unrecorded_promotion: None,
             last_report: None,
             slots: None,
+            sync_names: SyncNames::Async,
+            sync_named_at: None,
         };
         (ha, api_side)
     }
@@ -222,11 +230,19 @@ impl HaLoop {
             match acted {
                 Err(e) => tracing::warn!(member = %self.me, action = ?decision.action, "failed: {e}"),
                 Ok(()) if matches!(decision.action, Action::RenewLease { .. }) && pg.is_running_primary() => {
+                    if let Some(p) = probe.as_ref() {
+                        self.maintain_sync(&cluster, p).await;
+                    }
                     self.keep_raft_leader_elsewhere().await
                 }
                 Ok(()) => {}
             }
             if matches!(decision.action, Action::None | Action::RenewLease { .. }) {
+                if !pg.is_running_primary() {
+                    // A standby keeps what it would wait for as a new primary in its files,
+                    // loaded long before a promotion needs it.
+                    self.set_sync_names(SyncNames::for_new_primary(&cluster, &self.me));
+                }
                 // A changed replicated config reaches the running server (after the action:
                 // a promotion or a new upstream rewrites the files itself).
                 match self.local.refresh_config(&cluster, false).await {
@@ -241,6 +257,9 @@ impl HaLoop {
                 self.record_promotion().await;
             }
             self.check_restart(matches!(pg, LocalPg::Running { .. }));
+            if matches!(decision.action, Action::None | Action::RenewLease { .. }) {
+                self.run_scheduled_restart(&cluster, now_ms).await;
+            }
             self.report(&cluster, &pg, probe.as_ref(), now_ms).await;
             self.keep_slots(&cluster, &pg).await;
             self.publish(NodeView {
@@ -252,6 +271,7 @@ impl HaLoop {
                 restarting: self.restart_in_progress.is_some(),
                 reinitializing: false,
                 watchdog_failed: self.watchdog_blocks(),
+                watchdog_active: self.watchdog.is_active(),
             });
             last_decision = Some(decision);
 
@@ -290,6 +310,65 @@ impl HaLoop {
                 progress.reply.send(Err(control::RequestError::Unavailable("pgha is shutting down".into())));
         }
         self.shut_down().await;
+    }
+
+    /// Remembers what Postgres should wait for; the next config write carries it.
+    pub(super) fn set_sync_names(&mut self, names: SyncNames) {
+        if names != self.sync_names {
+            self.sync_named_at = None;
+        }
+        self.local.set_sync_names(names.render());
+        self.sync_names = names;
+    }
+
+    /// On a primary that just renewed: moves the published synchronous standbys and
+    /// Postgres's `synchronous_standby_names` one safe step at a time (see `sync`).
+    async fn maintain_sync(&mut self, c: &ClusterState, probe: &PgProbe) {
+        let Some(lease) = c.lease.as_ref().filter(|l| l.holder == self.me) else { return };
+        let standbys = sync::standbys(c, &self.me, probe);
+        if let SyncNames::Named(names) = &self.sync_names {
+            let all_sync = names.iter().all(|n| standbys.iter().any(|s| &s.name == n && s.sync));
+            if all_sync && self.sync_named_at.is_none() {
+                // Everything acknowledged so far is at or below this position.
+                self.sync_named_at = probe.wal_lsn;
+            }
+        }
+        let steps = sync::plan(&sync::Inputs {
+            mode: c.config.synchronous_mode,
+            strict: c.config.synchronous_mode_strict,
+            count: c.config.synchronous_node_count as usize,
+            published: &c.sync,
+            postgres: &self.sync_names,
+            named_at: self.sync_named_at,
+            standbys: &standbys,
+            primary_lsn: probe.wal_lsn.unwrap_or(crate::types::Lsn(0)),
+        });
+        for step in steps {
+            tracing::info!(member = %self.me, ?step, "synchronous replication");
+            match step {
+                SyncStep::Publish(sync) => {
+                    let cmd = Command::SetSync { holder: self.me.clone(), epoch: lease.epoch, sync };
+                    match self.handle.propose(cmd).await {
+                        Ok(crate::dcs::state::Outcome::Rejected { reason }) => {
+                            tracing::warn!(member = %self.me, %reason, "the synchronous standbys were not published");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(member = %self.me, "cannot publish the synchronous standbys: {e}");
+                            return;
+                        }
+                        Ok(_) => {}
+                    }
+                }
+                SyncStep::SetPostgres(names) => {
+                    self.set_sync_names(names);
+                    if let Err(e) = self.local.refresh_config(c, false).await {
+                        tracing::warn!(member = %self.me, "cannot apply synchronous_standby_names: {e}");
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// On the primary, right after an accepted renewal: if this node also leads Raft, hand Raft

@@ -83,6 +83,7 @@ impl Case {
             version: "t".into(),
             status: None,
             removing: false,
+            scheduled_restart: None,
         };
         let mut members = std::collections::BTreeMap::new();
         for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
@@ -105,6 +106,7 @@ impl Case {
             tokens: Default::default(),
             ca: CaMaterial { cert_pem: String::new(), key_pem: String::new() },
             secrets: Default::default(),
+            sync: Default::default(),
         };
         Case { state, me: n("n2"), deadline: false, pg: replica_of("n1", 100), watchdog_blocks: false }
     }
@@ -187,6 +189,16 @@ impl Case {
             at_ms: 0,
             new_primary: n("n1"),
         });
+        self
+    }
+    /// `synchronous_mode: on` with this published state.
+    fn sync(mut self, members: &[&str], degraded: bool, min_lsn: Option<u64>) -> Self {
+        self.state.config.synchronous_mode = crate::config::dynamic::SynchronousMode::On;
+        self.state.sync = crate::dcs::state::SyncState {
+            members: members.iter().map(|m| n(m)).collect(),
+            degraded,
+            min_lsn: min_lsn.map(Lsn),
+        };
         self
     }
     fn no_rewind(mut self) -> Self {
@@ -334,6 +346,16 @@ fn decisions() {
             Case::three().me("n1").held("n1", 3, true).paused().pg(primary(500)),
             RenewLease { epoch: e(3) },
         ),
+        (
+            "paused primary whose Postgres stopped: renews, does not start it",
+            Case::three().me("n1").held("n1", 3, true).paused().pg(stopped(1, 500, true)),
+            RenewLease { epoch: e(3) },
+        ),
+        (
+            "paused holder without data: keeps the lease, nothing automatic",
+            Case::three().me("n1").held("n1", 3, true).paused().pg(LocalPg::Absent),
+            RenewLease { epoch: e(3) },
+        ),
         // losing it
         (
             "primary without a valid lease: stop at once",
@@ -447,6 +469,56 @@ fn decisions() {
                 .free_after(3)
                 .last_primary_lsn(400)
                 .status("n3", "streaming", 350)
+                .pg(replica_of("n1", 400)),
+            AcquireLease { expected_epoch: e(3) },
+        ),
+        // synchronous_mode: on
+        (
+            "sync: the published synchronous standby acquires",
+            Case::three().free_after(3).sync(&["n2"], false, Option::None).pg(replica_of("n1", 400)),
+            AcquireLease { expected_epoch: e(3) },
+        ),
+        (
+            "sync: an asynchronous standby does not, even when further ahead",
+            Case::three()
+                .me("n3")
+                .free_after(3)
+                .sync(&["n2"], false, Option::None)
+                .status("n2", "streaming", 300)
+                .pg(replica_of("n1", 400)),
+            None,
+        ),
+        (
+            "sync: the synchronous standby is not held back by an asynchronous one further ahead",
+            Case::three()
+                .free_after(3)
+                .sync(&["n2"], false, Option::None)
+                .status("n3", "streaming", 500)
+                .pg(replica_of("n1", 400)),
+            AcquireLease { expected_epoch: e(3) },
+        ),
+        (
+            "sync strict, nothing published: nobody may take over",
+            Case::three().free_after(3).sync(&[], false, Option::None).pg(replica_of("n1", 400)),
+            None,
+        ),
+        (
+            "sync degraded: the asynchronous rules, from where the primary stopped waiting",
+            Case::three().me("n3").free_after(3).sync(&[], true, Some(400)).pg(replica_of("n1", 400)),
+            AcquireLease { expected_epoch: e(3) },
+        ),
+        (
+            "sync degraded: a standby before that position does not",
+            Case::three().me("n3").free_after(3).sync(&[], true, Some(401)).pg(replica_of("n1", 400)),
+            None,
+        ),
+        (
+            "sync: after a clean release any caught-up standby may (the checkpoint covers it)",
+            Case::three()
+                .me("n3")
+                .free_after(3)
+                .sync(&["n2"], false, Option::None)
+                .release_checkpoint(400)
                 .pg(replica_of("n1", 400)),
             AcquireLease { expected_epoch: e(3) },
         ),

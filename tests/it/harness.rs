@@ -232,6 +232,8 @@ pub struct Node {
     pub raft: String,
     /// Where the node's Postgres listens on 127.0.0.1.
     pub pg_port: u16,
+    /// The node's proxy ports on 127.0.0.1: writer, reader.
+    pub proxy: (u16, u16),
     pub log: PathBuf,
     child: Option<Child>,
 }
@@ -325,6 +327,7 @@ ctl:\n  certfile: {d}/tls/ctl.crt\n  keyfile: {d}/tls/ctl.key\n  cacert: {d}/tls
         fs::write(&config, text).expect("write a node config");
         self.nodes.push(Node {
             pg_port: p[2],
+            proxy: (p[3], p[4]),
             name: name.to_string(),
             dir,
             config,

@@ -9,6 +9,7 @@
 
 mod harness;
 
+mod api_states;
 mod config;
 mod consensus;
 mod haproxy;
@@ -16,6 +17,8 @@ mod input;
 mod membership;
 mod operations;
 mod postgres;
+mod proxy;
 mod recovery;
 mod security;
+mod sync;
 mod systemd;

@@ -16,8 +16,19 @@ const PSQL: &str = "/usr/bin/psql";
 
 /// `psql -Atc sql` against node `i`'s Postgres over TCP as the superuser; the trimmed output.
 pub(crate) fn psql(c: &Cluster, i: usize, sql: &str) -> Result<String, String> {
-    let conninfo =
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=3", c.nodes[i].pg_port);
+    psql_at(c.nodes[i].pg_port, sql).map_err(|e| format!("{}: {e}", c.nodes[i].name))
+}
+
+/// `psql -Atc sql` as the superuser against any port on 127.0.0.1 (a node's Postgres or proxy).
+pub(crate) fn psql_at(port: u16, sql: &str) -> Result<String, String> {
+    psql_within(port, sql, 3)
+}
+
+/// `psql_at` with libpq's `connect_timeout` in seconds (a proxy may make a client wait).
+pub(crate) fn psql_within(port: u16, sql: &str, connect_timeout_s: u32) -> Result<String, String> {
+    let conninfo = format!(
+        "host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout={connect_timeout_s}"
+    );
     let out = Command::new(PSQL)
         .args([conninfo.as_str(), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGPASSWORD", SUPERUSER_PASSWORD)
@@ -27,7 +38,7 @@ pub(crate) fn psql(c: &Cluster, i: usize, sql: &str) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
-        Err(format!("{}: {}", c.nodes[i].name, String::from_utf8_lossy(&out.stderr).trim()))
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
 }
 
@@ -64,6 +75,18 @@ pub(crate) fn wait_primary_with_streaming_replicas(
         let streaming = psql(c, *p, "SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication WHERE state = 'streaming'")?;
         let want: Vec<&str> = nodes.iter().filter(|&&i| i != *p).map(|&i| c.nodes[i].name.as_str()).collect();
         if streaming == want.join(",") {
+            // pgha's own view too (health checks, switchover checks): every member running,
+            // the replicas streaming.
+            for &i in nodes {
+                let v = c.api_get(i, "/patroni")?;
+                let streams = i == *p || v["replication_state"] == "streaming";
+                if v["state"] != "running" || !streams {
+                    return Err(format!(
+                        "{} reports {} / {}",
+                        c.nodes[i].name, v["state"], v["replication_state"]
+                    ));
+                }
+            }
             Ok(*p)
         } else {
             Err(format!(

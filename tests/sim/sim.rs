@@ -131,6 +131,7 @@ fn bootstrap_snapshot(n: u64, pg: Option<&PgConfig>) -> Snapshot {
                 version: m.version,
                 status: None,
                 removing: false,
+                scheduled_restart: None,
             },
         );
     }

@@ -1,0 +1,416 @@
+//! Synchronous replication, on the primary (DESIGN.md "Synchronous and quorum replication").
+//! Each iteration of a primary that renewed its lease plans the next steps from the mode, the
+//! published [`SyncState`], what Postgres currently waits for and what `pg_stat_replication`
+//! shows; the loop carries them out in order and stops at the first failure. The order keeps
+//! the published set a subset of the standbys that acknowledged every commit since it was
+//! published:
+//! - removing a standby: publish the smaller set first, then tell Postgres;
+//! - adding one: tell Postgres first, wait until it is `sync` and has flushed everything the
+//!   primary had written when it was named, then publish;
+//! - degrading (non-strict `on` without a standby, or mode `off`): publish `degraded` first,
+//!   then let Postgres acknowledge alone; strict mode never degrades (`*`: commits wait for
+//!   any standby) and publishes that nobody may take over automatically.
+//!
+//! A standby is named only once it streams, and never with `nosync` or `nofailover` (a
+//! synchronous standby that may not be promoted would protect nothing).
+
+use crate::config::dynamic::SynchronousMode;
+use crate::dcs::state::{ClusterState, SyncState};
+use crate::pg::probe::PgProbe;
+use crate::types::{Lsn, MemberName};
+use std::collections::BTreeSet;
+
+/// What Postgres waits for before it acknowledges a commit (`synchronous_standby_names`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncNames {
+    /// Nothing: commits are acknowledged at once (`''`).
+    Async,
+    /// Any one standby (`'*'`): strict mode without a chosen standby.
+    AnyStandby,
+    /// Every one of these (`FIRST n (a, b)` with n the number named).
+    Named(BTreeSet<MemberName>),
+}
+
+impl SyncNames {
+    /// The parameter's value; `None` for asynchronous.
+    pub fn render(&self) -> Option<String> {
+        match self {
+            SyncNames::Async => None,
+            SyncNames::AnyStandby => Some("*".into()),
+            SyncNames::Named(names) => {
+                let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+                Some(format!("FIRST {} ({})", names.len(), list.join(", ")))
+            }
+        }
+    }
+
+    /// What `me` waits for when it becomes (or starts as) primary: the other standbys still
+    /// published (they hold every acknowledged commit and will acknowledge its own), else
+    /// nothing when the published state is degraded, else any standby.
+    pub fn for_new_primary(c: &ClusterState, me: &MemberName) -> SyncNames {
+        let others: BTreeSet<MemberName> = c.sync.members.iter().filter(|m| *m != me).cloned().collect();
+        match c.config.synchronous_mode {
+            SynchronousMode::Off => SyncNames::Async,
+            _ if !others.is_empty() => SyncNames::Named(others),
+            _ if c.sync.degraded => SyncNames::Async,
+            _ => SyncNames::AnyStandby,
+        }
+    }
+}
+
+/// One standby as the primary sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Standby {
+    pub name: MemberName,
+    /// Streaming now (`pg_stat_replication.state = 'streaming'`).
+    pub streaming: bool,
+    /// Postgres counts it as synchronous (`sync_state` `sync` or `quorum`).
+    pub sync: bool,
+    pub flush: Option<Lsn>,
+    /// Allowed to be named: a data member, not `nosync`, not `nofailover`.
+    pub allowed: bool,
+}
+
+/// The standbys of `probe` (a running primary) matched to members by application name.
+pub fn standbys(c: &ClusterState, me: &MemberName, probe: &PgProbe) -> Vec<Standby> {
+    probe
+        .replication
+        .iter()
+        .filter_map(|r| {
+            let m = c.members.values().find(|m| m.name.as_str() == r.application_name && &m.name != me)?;
+            Some(Standby {
+                name: m.name.clone(),
+                streaming: r.state.as_deref() == Some("streaming"),
+                sync: matches!(r.sync_state.as_deref(), Some("sync" | "quorum")),
+                flush: r.flush_lsn,
+                allowed: !m.witness && !m.removing && !m.tags.nosync && !m.tags.nofailover,
+            })
+        })
+        .collect()
+}
+
+/// One step, in the order returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncStep {
+    Publish(SyncState),
+    /// Rewrite `synchronous_standby_names` and reload; the loop remembers the primary's WAL
+    /// position at that moment (a newly named standby must reach it before it is published).
+    SetPostgres(SyncNames),
+}
+
+pub struct Inputs<'a> {
+    pub mode: SynchronousMode,
+    pub strict: bool,
+    pub count: usize,
+    pub published: &'a SyncState,
+    /// What Postgres waits for now, and the primary's position when it was set.
+    pub postgres: &'a SyncNames,
+    pub named_at: Option<Lsn>,
+    pub standbys: &'a [Standby],
+    /// The primary's current WAL position (`min_lsn` of a degrade).
+    pub primary_lsn: Lsn,
+}
+
+/// The steps that move the published state and Postgres toward the mode's target.
+pub fn plan(i: &Inputs) -> Vec<SyncStep> {
+    // Degrading keeps the position where the primary stopped waiting for standbys: every
+    // commit acknowledged synchronously before lies below it.
+    let degraded = SyncState {
+        members: BTreeSet::new(),
+        degraded: true,
+        min_lsn: if i.published.degraded { i.published.min_lsn } else { Some(i.primary_lsn) },
+    };
+    let waiting = SyncState { members: BTreeSet::new(), degraded: false, min_lsn: None };
+    let desired = if i.mode == SynchronousMode::Off { BTreeSet::new() } else { choose(i) };
+    let mut steps = Vec::new();
+    if desired.is_empty() {
+        if i.mode == SynchronousMode::On && i.strict {
+            if !i.published.members.is_empty() {
+                steps.push(SyncStep::Publish(waiting.clone()));
+            }
+            if *i.postgres != SyncNames::AnyStandby {
+                steps.push(SyncStep::SetPostgres(SyncNames::AnyStandby));
+            }
+            if i.published.degraded {
+                steps.push(SyncStep::Publish(waiting));
+            }
+        } else {
+            if *i.published != degraded && !(i.published.degraded && i.published.members.is_empty()) {
+                steps.push(SyncStep::Publish(degraded));
+            }
+            if *i.postgres != SyncNames::Async {
+                steps.push(SyncStep::SetPostgres(SyncNames::Async));
+            }
+        }
+        return steps;
+    }
+    // Removal first: the published set shrinks to what stays.
+    let kept: BTreeSet<MemberName> = i.published.members.intersection(&desired).cloned().collect();
+    let mut published = i.published.clone();
+    if kept != published.members {
+        published = SyncState { members: kept, ..published };
+        steps.push(SyncStep::Publish(published.clone()));
+    }
+    let target = SyncNames::Named(desired.clone());
+    if *i.postgres != target {
+        // Named now; published on a later iteration, once they caught up.
+        steps.push(SyncStep::SetPostgres(target));
+        return steps;
+    }
+    let caught_up = |s: &Standby| s.sync && matches!((s.flush, i.named_at), (Some(f), Some(at)) if f >= at);
+    let ready = desired.iter().all(|n| i.standbys.iter().any(|s| &s.name == n && caught_up(s)));
+    let complete = SyncState { members: desired, degraded: false, min_lsn: None };
+    if ready && published != complete {
+        steps.push(SyncStep::Publish(complete));
+    }
+    steps
+}
+
+/// Up to `count` streaming, allowed standbys: those already published or named first (no
+/// churn), then the furthest ahead, then by name.
+fn choose(i: &Inputs) -> BTreeSet<MemberName> {
+    let named = match i.postgres {
+        SyncNames::Named(n) => n.clone(),
+        _ => BTreeSet::new(),
+    };
+    let mut candidates: Vec<&Standby> = i.standbys.iter().filter(|s| s.streaming && s.allowed).collect();
+    candidates.sort_by(|a, b| {
+        let rank = |s: &Standby| (!i.published.members.contains(&s.name), !named.contains(&s.name));
+        rank(a).cmp(&rank(b)).then(b.flush.cmp(&a.flush)).then(a.name.cmp(&b.name))
+    });
+    candidates.into_iter().take(i.count.max(1)).map(|s| s.name.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> MemberName {
+        MemberName::new(s.to_string()).unwrap()
+    }
+    fn set(names: &[&str]) -> BTreeSet<MemberName> {
+        names.iter().map(|s| n(s)).collect()
+    }
+    fn published(names: &[&str], degraded: bool) -> SyncState {
+        SyncState { members: set(names), degraded, min_lsn: None }
+    }
+    fn degraded_at(lsn: u64) -> SyncState {
+        SyncState { members: set(&[]), degraded: true, min_lsn: Some(Lsn(lsn)) }
+    }
+    fn named(names: &[&str]) -> SyncNames {
+        SyncNames::Named(set(names))
+    }
+    /// (name, streaming, sync, flush)
+    fn standby(name: &str, streaming: bool, sync: bool, flush: u64) -> Standby {
+        Standby { name: n(name), streaming, sync, flush: Some(Lsn(flush)), allowed: true }
+    }
+
+    #[test]
+    fn names_render_as_postgres_reads_them() {
+        assert_eq!(SyncNames::Async.render(), None);
+        assert_eq!(SyncNames::AnyStandby.render().as_deref(), Some("*"));
+        assert_eq!(named(&["b", "a"]).render().as_deref(), Some("FIRST 2 (\"a\", \"b\")"));
+    }
+
+    #[test]
+    fn steps_keep_the_published_set_behind_postgres() {
+        use SyncStep::{Publish, SetPostgres};
+        let on = SynchronousMode::On;
+        // (case, mode, strict, count, published, postgres, named_at, standbys, steps)
+        type Case = (
+            &'static str,
+            SynchronousMode,
+            bool,
+            usize,
+            SyncState,
+            SyncNames,
+            Option<u64>,
+            Vec<Standby>,
+            Vec<SyncStep>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "off and asynchronous: nothing to do",
+                SynchronousMode::Off,
+                false,
+                1,
+                SyncState::default(),
+                SyncNames::Async,
+                None,
+                vec![standby("b", true, false, 10)],
+                vec![],
+            ),
+            (
+                "turned on: Postgres names the streaming standby first, nothing published yet",
+                on,
+                false,
+                1,
+                SyncState::default(),
+                SyncNames::Async,
+                None,
+                vec![standby("b", true, false, 10), standby("c", false, false, 0)],
+                vec![SetPostgres(named(&["b"]))],
+            ),
+            (
+                "named but not yet sync: wait",
+                on,
+                false,
+                1,
+                SyncState::default(),
+                named(&["b"]),
+                Some(100),
+                vec![standby("b", true, false, 100)],
+                vec![],
+            ),
+            (
+                "sync but not caught up with what was written when it was named: wait",
+                on,
+                false,
+                1,
+                SyncState::default(),
+                named(&["b"]),
+                Some(100),
+                vec![standby("b", true, true, 99)],
+                vec![],
+            ),
+            (
+                "sync and caught up: publish it, no longer degraded",
+                on,
+                false,
+                1,
+                SyncState::default(),
+                named(&["b"]),
+                Some(100),
+                vec![standby("b", true, true, 100)],
+                vec![Publish(published(&["b"], false))],
+            ),
+            (
+                "steady: nothing",
+                on,
+                false,
+                1,
+                published(&["b"], false),
+                named(&["b"]),
+                Some(100),
+                vec![standby("b", true, true, 500), standby("c", true, false, 600)],
+                vec![],
+            ),
+            (
+                "sync standby gone, another streams: unpublish first, then name the other",
+                on,
+                false,
+                1,
+                published(&["b"], false),
+                named(&["b"]),
+                Some(100),
+                vec![standby("c", true, false, 600)],
+                vec![Publish(published(&[], false)), SetPostgres(named(&["c"]))],
+            ),
+            (
+                "no standby, non-strict: unpublish, degrade, then asynchronous",
+                on,
+                false,
+                1,
+                published(&["b"], false),
+                named(&["b"]),
+                Some(100),
+                vec![standby("b", false, false, 100)],
+                vec![Publish(degraded_at(700)), SetPostgres(SyncNames::Async)],
+            ),
+            (
+                "no standby, strict: unpublish, any standby, nobody may take over",
+                on,
+                true,
+                1,
+                published(&["b"], false),
+                named(&["b"]),
+                Some(100),
+                vec![],
+                vec![Publish(published(&[], false)), SetPostgres(SyncNames::AnyStandby)],
+            ),
+            (
+                "strict from asynchronous: Postgres waits first, then publish that nobody may take over",
+                on,
+                true,
+                1,
+                SyncState::default(),
+                SyncNames::Async,
+                None,
+                vec![],
+                vec![SetPostgres(SyncNames::AnyStandby), Publish(published(&[], false))],
+            ),
+            (
+                "nosync and nofailover standbys are never named",
+                on,
+                false,
+                1,
+                SyncState::default(),
+                SyncNames::Async,
+                None,
+                vec![Standby { allowed: false, ..standby("b", true, false, 10) }],
+                vec![],
+            ),
+            (
+                "count 2 with three streaming: the published one stays, the furthest joins",
+                on,
+                false,
+                2,
+                published(&["c"], false),
+                named(&["c"]),
+                Some(100),
+                vec![
+                    standby("b", true, false, 90),
+                    standby("c", true, true, 100),
+                    standby("d", true, false, 95),
+                ],
+                vec![SetPostgres(named(&["c", "d"]))],
+            ),
+            (
+                "count 2: published only when both caught up",
+                on,
+                false,
+                2,
+                published(&["c"], false),
+                named(&["c", "d"]),
+                Some(200),
+                vec![standby("c", true, true, 300), standby("d", true, true, 200)],
+                vec![Publish(published(&["c", "d"], false))],
+            ),
+            (
+                "already degraded and asynchronous: the first min_lsn stays",
+                on,
+                false,
+                1,
+                degraded_at(300),
+                SyncNames::Async,
+                None,
+                vec![],
+                vec![],
+            ),
+            (
+                "turned off: degrade first, then asynchronous",
+                SynchronousMode::Off,
+                false,
+                1,
+                published(&["b"], false),
+                named(&["b"]),
+                Some(100),
+                vec![standby("b", true, true, 100)],
+                vec![Publish(degraded_at(700)), SetPostgres(SyncNames::Async)],
+            ),
+        ];
+        for (case, mode, strict, count, published, postgres, named_at, standbys, want) in cases {
+            let i = Inputs {
+                mode,
+                strict,
+                count,
+                published: &published,
+                postgres: &postgres,
+                named_at: named_at.map(Lsn),
+                standbys: &standbys,
+                primary_lsn: Lsn(700),
+            };
+            assert_eq!(plan(&i), want, "{case}");
+        }
+    }
+}
