@@ -187,6 +187,13 @@ fn diverged(c: &ClusterState, timeline: Timeline, checkpoint: Lsn) -> bool {
     }
 }
 
+/// Whether a standby at `lsn` on `timeline` went past the point where the history records
+/// that timeline's end. Only a recorded end counts: a standby that followed a promotion not
+/// recorded yet is on the newest history there is.
+fn past_recorded_end(c: &ClusterState, timeline: Timeline, lsn: Lsn) -> bool {
+    c.history.iter().find(|h| h.timeline == timeline).is_some_and(|h| lsn > h.switch_lsn)
+}
+
 pub fn decide(obs: &Observation) -> Decision {
     let c = obs.cluster;
     let Some(member) = c.members.get(obs.me) else { return d(Action::None, Reason::NotAMember) };
@@ -375,6 +382,24 @@ fn follow(c: &ClusterState, me: &MemberName, primary: &MemberName, pg: &LocalPg,
         LocalPg::Stopped { was_primary: true, clean: false, .. } if c.config.postgresql.use_pg_rewind => {
             auto(Action::CrashRecover, Reason::CrashedPrimary)
         }
+        // A standby that replayed past the point where its timeline ended can never follow
+        // the new timeline: rewind it (pg_rewind needs a clean shutdown) or clone it again.
+        LocalPg::Stopped { was_primary: false, replayed: Some((tl, lsn)), clean, timeline, .. }
+            if past_recorded_end(c, *tl, *lsn) =>
+        {
+            let primary_timeline = c
+                .members
+                .get(primary)
+                .and_then(|m| m.status.as_ref())
+                .and_then(|s| s.timeline)
+                .unwrap_or(*timeline);
+            let reason = Reason::Diverged { timeline: *tl, primary_timeline };
+            if c.config.postgresql.use_pg_rewind && *clean {
+                auto(Action::Rewind { from: primary.clone() }, reason)
+            } else {
+                auto(Action::Clone { from: clone_source(c, me, primary) }, reason)
+            }
+        }
         LocalPg::Stopped { timeline, checkpoint, was_primary, .. } => {
             let primary_timeline = c
                 .members
@@ -395,6 +420,23 @@ fn follow(c: &ClusterState, me: &MemberName, primary: &MemberName, pg: &LocalPg,
                     Reason::WrongUpstream { upstream: primary.clone() },
                 )
             }
+        }
+        // A standby stuck on an ended timeline past its end cannot stream from the new
+        // primary (Postgres retries for ever): stop it; the stopped directory is then rewound
+        // or cloned (above).
+        LocalPg::Running { role: PgRole::Replica, timeline, lsn, streaming: false, .. }
+            if past_recorded_end(c, *timeline, *lsn) =>
+        {
+            let primary_timeline = c
+                .members
+                .get(primary)
+                .and_then(|m| m.status.as_ref())
+                .and_then(|s| s.timeline)
+                .unwrap_or(*timeline);
+            auto(
+                Action::Stop { mode: StopMode::Fast },
+                Reason::Diverged { timeline: *timeline, primary_timeline },
+            )
         }
         LocalPg::Running { upstream, .. } => {
             if upstream.as_ref() == Some(primary) {

@@ -50,6 +50,8 @@ pub fn from_controldata(cd: &ControlData, base_backup: bool) -> LocalPg {
         was_primary: !base_backup
             && matches!(cd.state, DbState::InProduction | DbState::ShutDown | DbState::InCrashRecovery),
         clean: cd.state.is_clean_shutdown(),
+        replayed: (cd.min_recovery_end_lsn.0 > 0)
+            .then_some((cd.min_recovery_end_timeline, cd.min_recovery_end_lsn)),
     }
 }
 

@@ -92,7 +92,8 @@ fn controldata_maps_to_stopped_with_was_primary() {
                 timeline: Timeline(3),
                 checkpoint: Lsn(0x3000028),
                 was_primary,
-                clean
+                clean,
+                replayed: None,
             },
             "{state:?} backup_label: {base_backup}"
         );

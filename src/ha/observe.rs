@@ -29,6 +29,10 @@ pub enum LocalPg {
         /// Shut down cleanly (`shut down` / `shut down in recovery`). After a crash the last
         /// checkpoint is not the end of the WAL, so it cannot be compared with the history.
         clean: bool,
+        /// A standby's directory: how far it replayed at least (the control file's minimum
+        /// recovery point and its timeline). Past the point where its timeline ended in the
+        /// history, it can never follow the new timeline without a rewind or a new clone.
+        replayed: Option<(Timeline, Lsn)>,
     },
     /// A postmaster that does not answer queries yet (starting up, crash recovery).
     Starting,

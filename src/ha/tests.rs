@@ -55,6 +55,18 @@ fn stopped(timeline: u32, checkpoint: u64, was_primary: bool) -> LocalPg {
         checkpoint: Lsn(checkpoint),
         was_primary,
         clean: true,
+        replayed: Option::None,
+    }
+}
+/// A standby's directory that replayed up to `lsn` on `timeline`.
+fn standby_replayed(timeline: u32, lsn: u64, clean: bool) -> LocalPg {
+    LocalPg::Stopped {
+        system_identifier: "42".into(),
+        timeline: Timeline(timeline),
+        checkpoint: Lsn(lsn.min(200)),
+        was_primary: false,
+        clean,
+        replayed: Some((Timeline(timeline), Lsn(lsn))),
     }
 }
 /// A former primary stopped without a shutdown checkpoint (killed, crashed).
@@ -65,6 +77,7 @@ fn crashed(timeline: u32, checkpoint: u64) -> LocalPg {
         checkpoint: Lsn(checkpoint),
         was_primary: true,
         clean: false,
+        replayed: Option::None,
     }
 }
 
@@ -312,6 +325,7 @@ fn decisions() {
                 checkpoint: Lsn(1),
                 was_primary: false,
                 clean: true,
+                replayed: Option::None,
             }),
             None,
         ),
@@ -456,6 +470,33 @@ fn decisions() {
             "crashed holder with a valid lease: restart in place (Postgres recovers itself)",
             Case::three().me("n1").held("n1", 3, true).pg(crashed(1, 500)),
             StartPrimary,
+        ),
+        (
+            "standby that replayed past where its timeline ended: rewind",
+            Case::three().me("n3").held("n2", 4, false).history(1, 300).pg(standby_replayed(1, 400, true)),
+            Rewind { from: n("n2") },
+        ),
+        (
+            "crashed standby past where its timeline ended: clone again (pg_rewind needs a clean stop)",
+            Case::three().me("n3").held("n2", 4, false).history(1, 300).pg(standby_replayed(1, 400, false)),
+            Clone { from: n("n2") },
+        ),
+        (
+            "running standby stuck past where its timeline ended: stop it (then rewind)",
+            Case::three().me("n3").held("n2", 4, false).history(1, 300).pg(LocalPg::Running {
+                role: PgRole::Replica,
+                system_identifier: "42".into(),
+                timeline: Timeline(1),
+                lsn: Lsn(400),
+                upstream: Some(n("n2")),
+                streaming: false,
+            }),
+            Stop { mode: StopMode::Fast },
+        ),
+        (
+            "standby that replayed up to where its timeline ended: follow",
+            Case::three().me("n3").held("n2", 4, false).history(1, 300).pg(standby_replayed(1, 300, false)),
+            StartReplica { upstream: n("n2") },
         ),
         (
             "old primary on a timeline unknown to the history: rewind",

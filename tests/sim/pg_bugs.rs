@@ -77,7 +77,8 @@ fn a_standby_directory_started_as_primary_forks_its_timeline() {
 /// stopped directory with the history, and stop and rewind a running standby that the
 /// primary's history forked off behind.
 #[test]
-#[ignore = "bug: a standby past the new timeline's fork point is never rewound and never streams again"]
+// Fixed (decide stops such a standby, then rewinds or re-clones its directory); kept as a
+// regression test.
 fn a_standby_past_the_fork_point_is_never_rewound() {
     let mut sim = pg_settled("a_standby_past_the_fork_point_is_never_rewound", |c| {
         let p = c.pg_mut();

@@ -496,9 +496,8 @@ impl Sim {
             match d.pg.process {
                 Process::Running { primary: false, upstream: Some(u), streaming: true, .. } if u == p => {}
                 // A standby refused by the primary's timeline history: the symptom of
-                // pg_bugs::a_standby_past_the_fork_point_is_never_rewound (also of
-                // a_primary_killed_during_crash_recovery_is_taken_for_a_standby and
-                // a_promotion_not_recorded_misleads_the_old_primary), tolerated unless exposed.
+                // pg_bugs::a_promotion_not_recorded_misleads_the_old_primary (a switch the
+                // history does not record), tolerated unless exposed.
                 Process::Running { primary: false, upstream: Some(u), .. }
                     if u == p && d.pg.refused && !expose =>
                 {

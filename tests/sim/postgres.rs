@@ -227,6 +227,8 @@ impl SimPostgres {
                         Control::InProduction | Control::ShutDown | Control::InCrashRecovery
                     ),
                 clean: matches!(dir.control, Control::ShutDown | Control::ShutDownInRecovery),
+                replayed: matches!(dir.control, Control::InArchiveRecovery | Control::ShutDownInRecovery)
+                    .then(|| (Timeline(dir.wal.timeline()), Lsn(dir.wal.end()))),
             },
             Process::Starting { .. } => LocalPg::Starting,
             Process::Running { primary, upstream, streaming, .. } => LocalPg::Running {
