@@ -255,8 +255,10 @@ fn callbacks_receive_action_role_and_scope() {
     let out = c.ctl(p, &["restart", &name, "--force"]);
     assert!(out.status.success(), "{}", show(&out));
     wait_line(r, &format!("on_restart replica {scope}"));
+    // The restarted replica streams again before it can be a switchover candidate.
+    wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
     let out = c.ctl(p, &["switchover", "--candidate", &name, "--force"]);
-    eprintln!("switchover: {}", show(&out));
+    assert!(out.status.success(), "switchover: {}", show(&out));
     wait_line(r, &format!("on_role_change primary {scope}"));
     wait_line(p, &format!("on_stop primary {scope}"));
 }
@@ -303,19 +305,28 @@ fn a_member_that_requires_a_missing_watchdog_is_never_promoted() {
 fn post_bootstrap_runs_once_on_the_new_primary() {
     let mut c = Cluster::empty();
     let script = c.root.join("post-bootstrap.sh");
+    // Every node carries the script (whichever wins the initialize race bootstraps); it must
+    // run once, on that node.
+    let ran = c.root.join("post-bootstrap.ran");
+    std::fs::write(&ran, "").unwrap();
+    std::fs::set_permissions(&ran, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     std::fs::write(
         &script,
-        "#!/bin/sh\nset -e\n/usr/bin/psql \"$1\" -X -v ON_ERROR_STOP=1 -c 'CREATE ROLE it_app LOGIN'\n",
+        format!(
+            "#!/bin/sh\nset -e\n/usr/bin/psql \"$1\" -X -v ON_ERROR_STOP=1 -c 'CREATE ROLE it_app LOGIN'\necho ran >> {}\n",
+            ran.display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    c.add_node_as("node1", "node1", &format!("bootstrap:\n  post_bootstrap: {}\n", script.display()));
-    c.add_node("node2");
-    c.add_node("node3");
+    for i in 1..=3 {
+        let name = format!("node{i}");
+        c.add_node_as(&name, &name, &format!("bootstrap:\n  post_bootstrap: {}\n", script.display()));
+    }
     c.form();
-    let p = wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
+    wait_primary_with_streaming_replicas(&c, &[0, 1, 2], FORM);
     for i in 0..3 {
         wait_row(&c, i, "SELECT count(*) FROM pg_roles WHERE rolname = 'it_app'", "1");
     }
-    assert_eq!(p, 0, "node1 bootstrapped (init) and stays primary");
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "ran\n", "post_bootstrap ran exactly once");
 }
