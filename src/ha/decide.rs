@@ -187,6 +187,23 @@ fn diverged(c: &ClusterState, timeline: Timeline, checkpoint: Lsn) -> bool {
     }
 }
 
+/// `Reason::Diverged` for a member on `timeline`, naming the primary's reported timeline.
+fn diverged_from(c: &ClusterState, primary: &MemberName, timeline: Timeline) -> Reason {
+    let primary_timeline =
+        c.members.get(primary).and_then(|m| m.status.as_ref()).and_then(|s| s.timeline).unwrap_or(timeline);
+    Reason::Diverged { timeline, primary_timeline }
+}
+
+/// pg_rewind from the primary when allowed and the directory was shut down cleanly (pg_rewind
+/// refuses others), else a fresh clone.
+fn rewind_or_clone(c: &ClusterState, me: &MemberName, primary: &MemberName, clean: bool) -> Action {
+    if c.config.postgresql.use_pg_rewind && clean {
+        Action::Rewind { from: primary.clone() }
+    } else {
+        Action::Clone { from: clone_source(c, me, primary) }
+    }
+}
+
 /// Whether a standby at `lsn` on `timeline` went past the point where the history records
 /// that timeline's end. Only a recorded end counts: a standby that followed a promotion not
 /// recorded yet is on the newest history there is.
@@ -384,36 +401,15 @@ fn follow(c: &ClusterState, me: &MemberName, primary: &MemberName, pg: &LocalPg,
         }
         // A standby that replayed past the point where its timeline ended can never follow
         // the new timeline: rewind it (pg_rewind needs a clean shutdown) or clone it again.
-        LocalPg::Stopped { was_primary: false, replayed: Some((tl, lsn)), clean, timeline, .. }
+        LocalPg::Stopped { was_primary: false, replayed: Some((tl, lsn)), clean, .. }
             if past_recorded_end(c, *tl, *lsn) =>
         {
-            let primary_timeline = c
-                .members
-                .get(primary)
-                .and_then(|m| m.status.as_ref())
-                .and_then(|s| s.timeline)
-                .unwrap_or(*timeline);
-            let reason = Reason::Diverged { timeline: *tl, primary_timeline };
-            if c.config.postgresql.use_pg_rewind && *clean {
-                auto(Action::Rewind { from: primary.clone() }, reason)
-            } else {
-                auto(Action::Clone { from: clone_source(c, me, primary) }, reason)
-            }
+            let reason = diverged_from(c, primary, *tl);
+            auto(rewind_or_clone(c, me, primary, *clean), reason)
         }
         LocalPg::Stopped { timeline, checkpoint, was_primary, .. } => {
-            let primary_timeline = c
-                .members
-                .get(primary)
-                .and_then(|m| m.status.as_ref())
-                .and_then(|s| s.timeline)
-                .unwrap_or(*timeline);
             if *was_primary && diverged(c, *timeline, *checkpoint) {
-                let reason = Reason::Diverged { timeline: *timeline, primary_timeline };
-                if c.config.postgresql.use_pg_rewind {
-                    auto(Action::Rewind { from: primary.clone() }, reason)
-                } else {
-                    auto(Action::Clone { from: clone_source(c, me, primary) }, reason)
-                }
+                auto(rewind_or_clone(c, me, primary, true), diverged_from(c, primary, *timeline))
             } else {
                 auto(
                     Action::StartReplica { upstream: primary.clone() },
@@ -427,16 +423,7 @@ fn follow(c: &ClusterState, me: &MemberName, primary: &MemberName, pg: &LocalPg,
         LocalPg::Running { role: PgRole::Replica, timeline, lsn, streaming: false, .. }
             if past_recorded_end(c, *timeline, *lsn) =>
         {
-            let primary_timeline = c
-                .members
-                .get(primary)
-                .and_then(|m| m.status.as_ref())
-                .and_then(|s| s.timeline)
-                .unwrap_or(*timeline);
-            auto(
-                Action::Stop { mode: StopMode::Fast },
-                Reason::Diverged { timeline: *timeline, primary_timeline },
-            )
+            auto(Action::Stop { mode: StopMode::Fast }, diverged_from(c, primary, *timeline))
         }
         LocalPg::Running { upstream, .. } => {
             if upstream.as_ref() == Some(primary) {

@@ -339,6 +339,19 @@ ctl:\n  certfile: {d}/tls/ctl.crt\n  keyfile: {d}/tls/ctl.key\n  cacert: {d}/tls
         self.nodes.len() - 1
     }
 
+    /// Adds a witness named `name` to the formed cluster (a token from node 0, `join
+    /// --witness`, `run`); returns its index once every member is a voter in step.
+    pub fn add_witness(&mut self, name: &str) -> usize {
+        let w = self.add_node_as(name, name, "witness: true\n");
+        let token = self.token(0);
+        let out = self.join(w, &token, &["--witness"]);
+        assert!(out.status.success(), "join --witness: {}", show(&out));
+        self.start(w);
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.settle(0, &all);
+        w
+    }
+
     /// Index of the node whose member name is `name` (the first, if a test made duplicates).
     pub fn idx(&self, name: &str) -> usize {
         self.nodes.iter().position(|n| n.name == name).unwrap_or_else(|| panic!("no node named {name}"))

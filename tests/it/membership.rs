@@ -65,12 +65,8 @@ fn removing_a_member_while_another_is_down_keeps_the_cluster_working() {
 #[test]
 fn a_witness_joins_and_votes() {
     let mut c = Cluster::new(2);
-    let w = c.add_node_as("witness1", "witness1", "witness: true\n");
-    let token = c.token(0);
-    let out = c.join(w, &token, &["--witness"]);
-    assert!(out.status.success(), "join --witness: {}", show(&out));
-    c.start(w);
-    let (rows, _) = c.settle(0, &[0, 1, w]);
+    let w = c.add_witness("witness1");
+    let (rows, _) = c.wait_converged(0, &[0, 1, w]);
     for r in &rows {
         assert_eq!(
             r.witness,

@@ -272,12 +272,7 @@ fn a_member_that_requires_a_missing_watchdog_is_never_promoted() {
     let strict =
         c.add_node_as("node2", "node2", "watchdog:\n  mode: required\n  device: /nonexistent/watchdog\n");
     c.form();
-    let w = c.add_node_as("node3", "node3", "witness: true\n");
-    let token = c.token(0);
-    let out = c.join(w, &token, &["--witness"]);
-    assert!(out.status.success(), "join --witness: {}", show(&out));
-    c.start(w);
-    c.settle(0, &[0, 1, w]);
+    c.add_witness("node3");
     let p = wait_primary_with_streaming_replicas(&c, &[0, 1], FORM);
     assert_eq!(p, 0, "node2 cannot bootstrap or take the lease without its watchdog");
     psql(&c, p, "CREATE TABLE it_t (x int); INSERT INTO it_t VALUES (1)").unwrap();

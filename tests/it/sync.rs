@@ -171,12 +171,7 @@ fn without_its_synchronous_standby_non_strict_degrades_and_strict_blocks() {
     c.add_node("node1");
     c.add_node("node2");
     c.form();
-    let w = c.add_node_as("node3", "node3", "witness: true\n");
-    let token = c.token(0);
-    let out = c.join(w, &token, &["--witness"]);
-    assert!(out.status.success(), "join --witness: {}", show(&out));
-    c.start(w);
-    c.settle(0, &[0, 1, w]);
+    c.add_witness("node3");
     let p = wait_primary_with_streaming_replicas(&c, &[0, 1], FORM);
     let r = 1 - p;
     set_config(&c, p, &["synchronous_mode=on"]);
