@@ -81,9 +81,14 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    /// Published as a synchronous standby by the primary.
+    /// Published as a synchronous standby by the primary (mode `on`).
     fn is_sync_standby(&self) -> bool {
-        self.cluster.as_ref().is_some_and(|c| c.sync.members.contains(&self.me))
+        self.cluster.as_ref().is_some_and(|c| c.sync.members.contains(&self.me) && !c.quorum_mode())
+    }
+
+    /// Published as a member of the primary's `ANY k` quorum (mode `quorum`).
+    fn is_quorum_standby(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.sync.members.contains(&self.me) && c.quorum_mode())
     }
 
     fn tags(&self) -> Tags {
@@ -225,7 +230,13 @@ fn member_health(snap: &Snapshot) -> Option<MemberHealth> {
         lease_valid: snap.lease_valid,
         streaming,
         lag,
-        kind: if snap.is_sync_standby() { ReplicaKind::Sync } else { ReplicaKind::Async },
+        kind: if snap.is_sync_standby() {
+            ReplicaKind::Sync
+        } else if snap.is_quorum_standby() {
+            ReplicaKind::Quorum
+        } else {
+            ReplicaKind::Async
+        },
         noloadbalance: tags.noloadbalance,
         tags: tag_map,
         loop_alive: view.alive_within(ttl),
@@ -300,6 +311,9 @@ fn member_json(scope: &str, snap: &Snapshot, now_ms: u64) -> Value {
             let streaming = matches!(view.pg, LocalPg::Running { streaming: true, .. });
             if snap.is_sync_standby() {
                 o["sync_standby"] = true.into();
+            }
+            if snap.is_quorum_standby() {
+                o["quorum_standby"] = true.into();
             }
             o["replication_state"] = if streaming {
                 "streaming".to_string()
@@ -420,7 +434,11 @@ fn render_metrics(
         "synchronous_mode is on but the primary acknowledges commits without a synchronous standby",
         b(sync_on && snap.cluster.as_ref().is_some_and(|c| c.sync.members.is_empty() && c.sync.degraded)),
     );
-    gauge("patroni_quorum_standby", "This member is a quorum standby", 0.0);
+    gauge(
+        "patroni_quorum_standby",
+        "This member is a quorum standby",
+        b(running && !primary && snap.is_quorum_standby()),
+    );
     gauge(
         "patroni_xlog_received_location",
         "WAL received and flushed by this replica",

@@ -64,6 +64,8 @@ pub fn cluster_view(st: &ClusterState, now_ms: u64) -> Value {
             let leader = Some(&m.name) == holder;
             let role = if leader {
                 "leader"
+            } else if st.sync.members.contains(&m.name) && st.quorum_mode() {
+                "quorum_standby"
             } else if st.sync.members.contains(&m.name) {
                 "sync_standby"
             } else {
@@ -113,6 +115,10 @@ pub fn cluster_view(st: &ClusterState, now_ms: u64) -> Value {
             // Commits are acknowledged without a synchronous standby (non-strict, none streams).
             "degraded": names.is_empty() && st.sync.degraded,
         });
+        if st.quorum_mode() {
+            // Each acknowledged commit is on at least this many of them (`ANY k`).
+            out["synchronous_mode"]["quorum"] = st.sync.k().into();
+        }
     }
     if let Some(sw) = &st.switchover {
         out["scheduled_switchover"] = serde_json::json!({

@@ -246,8 +246,17 @@ pub fn list_output(c: &Value, format: Format, extended: bool, topology: bool) ->
                     " Synchronous mode {}: DEGRADED, no synchronous standby streams; commits are acknowledged asynchronously\n",
                     cell(&sync["mode"])
                 ));
-            } else if sync["strict"] == true && sync["sync_standbys"].as_array().is_some_and(Vec::is_empty) {
-                out.push_str(" Synchronous mode on (strict): no synchronous standby; commits wait for one\n");
+            } else if sync.is_object() && sync["sync_standbys"].as_array().is_some_and(Vec::is_empty) {
+                out.push_str(&format!(
+                    " Synchronous mode {}{}: no synchronous standby published yet; commits wait for one and no member takes over automatically\n",
+                    cell(&sync["mode"]),
+                    if sync["strict"] == true { " (strict)" } else { "" }
+                ));
+            } else if sync["quorum"].is_number() {
+                out.push_str(&format!(
+                    " Synchronous mode quorum: each commit is acknowledged by {} of the quorum standbys\n",
+                    cell(&sync["quorum"])
+                ));
             }
             out
         }

@@ -96,10 +96,6 @@ pub enum DynamicConfigError {
         "ttl = {ttl} must be larger than loop_wait ({loop_wait}) + retry_timeout ({retry_timeout}) + safety_margin ({margin}): raise ttl or lower the others"
     )]
     TtlTooShort { ttl: u64, loop_wait: u64, retry_timeout: u64, margin: u64 },
-    #[error(
-        "synchronous_mode = quorum is not supported yet: use on (every named standby acknowledges each commit; synchronous_node_count sets how many)"
-    )]
-    QuorumUnsupported,
 }
 
 impl DynamicConfig {
@@ -131,9 +127,6 @@ impl DynamicConfig {
         range("loop_wait", self.loop_wait, 1, 600)?;
         range("retry_timeout", self.retry_timeout, 1, 600)?;
         range("synchronous_node_count", self.synchronous_node_count as u64, 1, 64)?;
-        if self.synchronous_mode == SynchronousMode::Quorum {
-            return Err(DynamicConfigError::QuorumUnsupported);
-        }
         if self.ttl <= self.loop_wait + self.retry_timeout + safety_margin_s {
             return Err(DynamicConfigError::TtlTooShort {
                 ttl: self.ttl,

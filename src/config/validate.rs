@@ -281,11 +281,6 @@ impl Check<'_> {
                         loop_wait + retry_timeout + margin + 1
                     ),
                 )),
-            Err(DynamicConfigError::QuorumUnsupported) => Err(self.invalid(
-                "bootstrap.dcs.synchronous_mode",
-                "quorum is not supported yet",
-                "use on (synchronous_node_count sets how many standbys acknowledge each commit)",
-            )),
         }
     }
 }

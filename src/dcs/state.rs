@@ -189,19 +189,109 @@ pub struct ClusterState {
 /// (the primary's position when it stopped waiting for standbys: every commit acknowledged
 /// synchronously before is below it); otherwise commits wait for a standby not published yet,
 /// and nobody may be promoted automatically.
+///
+/// Quorum mode (`quorum: Some(k)`): every acknowledged commit is on at least `k` of `members`
+/// (not on all of them), so any `members.len() - k + 1` of them hold it. After the lease
+/// expired they record their final received LSN (`final_lsns`), and only a member at the
+/// maximum of enough records may take over.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncState {
     pub members: BTreeSet<MemberName>,
     pub degraded: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_lsn: Option<Lsn>,
+    /// `ANY k`: how many of `members` hold each acknowledged commit; `None`: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
+    /// Quorum mode, while the lease is expired: each member's final received LSN, recorded
+    /// after its WAL receiver stopped. Cleared when a lease is granted or the set changes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub final_lsns: BTreeMap<MemberName, Lsn>,
+    /// The primary these commits are of (the lease holder that published, or was granted
+    /// the lease last): it holds every one of them itself, so it may always take its lease
+    /// back (Patroni's `leader` of the sync key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<MemberName>,
 }
 
 impl Default for SyncState {
     /// A new cluster is asynchronous until its primary publishes otherwise.
     fn default() -> Self {
-        SyncState { members: BTreeSet::new(), degraded: true, min_lsn: None }
+        SyncState::degraded_at(None)
     }
+}
+
+impl SyncState {
+    /// Commits are acknowledged without standbys since `min_lsn` (`None`: always were).
+    pub fn degraded_at(min_lsn: Option<Lsn>) -> SyncState {
+        SyncState {
+            members: BTreeSet::new(),
+            degraded: true,
+            min_lsn,
+            quorum: None,
+            final_lsns: BTreeMap::new(),
+            leader: None,
+        }
+    }
+
+    /// Commits wait for a standby that is not published: nobody is promoted automatically.
+    pub fn waiting() -> SyncState {
+        SyncState { degraded: false, ..SyncState::degraded_at(None) }
+    }
+
+    /// Every acknowledged commit is on each of `members` (mode `on`; `waiting` when empty).
+    pub fn all(members: BTreeSet<MemberName>) -> SyncState {
+        SyncState { members, ..SyncState::waiting() }
+    }
+
+    /// Every acknowledged commit is on at least `k` of `members` (mode `quorum`). With `k`
+    /// at least the set's size this is [`SyncState::all`]; with `k` zero nothing is known
+    /// (`waiting`).
+    pub fn any(k: usize, members: BTreeSet<MemberName>) -> SyncState {
+        if k == 0 || members.is_empty() {
+            SyncState::waiting()
+        } else if k >= members.len() {
+            SyncState::all(members)
+        } else {
+            SyncState { quorum: Some(k as u32), ..SyncState::all(members) }
+        }
+    }
+
+    /// How many of `members` hold each acknowledged commit.
+    pub fn k(&self) -> usize {
+        self.quorum.map_or(self.members.len(), |k| k as usize)
+    }
+
+    /// How many final LSN records an acquire needs after an expiry: enough to meet every
+    /// set of `k` members.
+    pub fn records_needed(&self) -> usize {
+        self.members.len() + 1 - self.k().min(self.members.len())
+    }
+
+    /// Quorum mode after an expiry (DESIGN.md): any `n - k + 1` members of the quorum hold
+    /// every acknowledged commit, so `candidate` must be at the highest of at least that many
+    /// final records. `None`: it is.
+    pub fn quorum_gap(&self, candidate: &MemberName) -> Option<QuorumGap> {
+        let needed = self.records_needed();
+        let records: Vec<Lsn> = self.members.iter().filter_map(|m| self.final_lsns.get(m).copied()).collect();
+        if records.len() < needed {
+            return Some(QuorumGap::Incomplete { recorded: records.len(), needed });
+        }
+        let max = records.iter().copied().max().unwrap_or(Lsn(0));
+        match self.final_lsns.get(candidate) {
+            Some(&lsn) if lsn >= max => None,
+            lsn => Some(QuorumGap::Behind { lsn: lsn.copied(), max }),
+        }
+    }
+}
+
+/// Why a member of a quorum may not take an expired lease yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuorumGap {
+    /// Too few members recorded their final LSN to be sure who holds every commit.
+    Incomplete { recorded: usize, needed: usize },
+    /// Another member recorded more WAL (or this one recorded nothing).
+    Behind { lsn: Option<Lsn>, max: Lsn },
 }
 
 /// Identifies a proposal so the proposing node can match the applied entry to its waiter.
@@ -320,6 +410,13 @@ pub enum Command {
         epoch: LeaseEpoch,
         sync: SyncState,
     },
+    /// Quorum mode, after the lease of `epoch` expired: `member` of the published quorum
+    /// records the last LSN its WAL receiver flushed, once the receiver stopped.
+    RecordFinalLsn {
+        member: MemberName,
+        epoch: LeaseEpoch,
+        lsn: Lsn,
+    },
     /// Plans (`Some`) or drops (`None`) a restart of `member`'s Postgres. Only one may be
     /// planned at a time, as in Patroni.
     ScheduleRestart {
@@ -386,6 +483,12 @@ pub enum Rejection {
     BeforeSyncDegraded { member: MemberName, lsn: Lsn, min_lsn: Lsn },
     #[error("the last primary published no synchronous standby while its commits waited for one: no member is known to hold every acknowledged commit (synchronous_mode_strict); bring the primary back or fail over manually")]
     NoSyncStandby,
+    #[error("only {recorded} of the {needed} quorum standbys needed have recorded their final WAL position since the primary's lease expired")]
+    QuorumIncomplete { recorded: usize, needed: usize },
+    #[error("{member} recorded {}, behind {max}, the highest final WAL position of the quorum", lsn.map_or("nothing".to_string(), |l| l.to_string()))]
+    BehindQuorum { member: MemberName, lsn: Option<Lsn>, max: Lsn },
+    #[error("a quorum of {quorum} among {members} synchronous standbys is not possible (1 to their number)")]
+    InvalidQuorum { quorum: u32, members: usize },
     #[error("{member} already has a restart scheduled at {at}: cancel it first (DELETE /restart, `pgha ctl flush MEMBER restart`)")]
     RestartScheduled { member: MemberName, at: String },
     #[error("{member} has no scheduled restart")]
@@ -475,6 +578,11 @@ impl ClusterState {
         self.members.values().filter(|m| m.membership != RaftMembership::Pending).map(|m| m.node_id).collect()
     }
 
+    /// `synchronous_mode: quorum`: the published standbys are an `ANY k` quorum.
+    pub fn quorum_mode(&self) -> bool {
+        self.config.synchronous_mode == crate::config::dynamic::SynchronousMode::Quorum
+    }
+
     /// Applies one committed command. Deterministic: reads only `self` and `cmd`.
     pub fn apply(&mut self, cmd: Command) -> Outcome {
         let outcome = match cmd {
@@ -562,6 +670,7 @@ impl ClusterState {
             }
             Command::ScheduleRestart { member, restart } => self.schedule_restart(member, restart),
             Command::SetSync { holder, epoch, sync } => self.set_sync(holder, epoch, sync),
+            Command::RecordFinalLsn { member, epoch, lsn } => self.record_final_lsn(member, epoch, lsn),
             Command::SetConfig { expected_version, config } => self.set_config(expected_version, config),
             Command::PruneTokens { now_ms } => {
                 self.tokens.retain(|_, t| t.used_by.is_none() && t.expires_at_ms > now_ms);
@@ -607,8 +716,16 @@ impl ClusterState {
             return Outcome::Rejected { reason };
         }
         // The new primary's own commits are acknowledged by the others still published (it
-        // names them before it promotes); it is no standby of itself.
-        self.sync.members.remove(&candidate);
+        // names them before it promotes); it is no standby of itself. In a quorum, the others
+        // hold each earlier commit one time fewer if it was one of them.
+        if !self.sync.members.is_empty() {
+            let k = self.sync.k();
+            let was_member = self.sync.members.remove(&candidate);
+            let rest = std::mem::take(&mut self.sync.members);
+            self.sync = SyncState::any(k - usize::from(was_member), rest);
+        }
+        self.sync.final_lsns.clear();
+        self.sync.leader = Some(candidate.clone());
         let epoch = self.last_epoch.next();
         self.last_epoch = epoch;
         // A switchover is done once someone other than the member it moved the role away

@@ -4,7 +4,7 @@
 //! local view may propose, it cannot win). Deterministic like the rest of `apply`.
 
 use super::state::{
-    ClusterState, HistoryEntry, Initialize, MemberStatus, Outcome, Rejection, ScheduledRestart,
+    ClusterState, HistoryEntry, Initialize, MemberStatus, Outcome, QuorumGap, Rejection, ScheduledRestart,
     SwitchoverRequest, SyncState,
 };
 use crate::config::dynamic::DynamicConfig;
@@ -79,12 +79,17 @@ impl ClusterState {
     /// checkpoint covers that): outside the published synchronous standbys, or with none
     /// published while the primary's commits waited for one.
     pub(super) fn sync_blocker(&self, candidate: &MemberName, lsn: Option<Lsn>) -> Option<Rejection> {
-        if self.release_checkpoint.is_some() {
+        if self.release_checkpoint.is_some() || self.sync.leader.as_ref() == Some(candidate) {
             return None;
         }
+        if !self.sync.members.contains(candidate) && !self.sync.members.is_empty() {
+            return Some(Rejection::NotSyncStandby { member: candidate.clone() });
+        }
+        if self.sync.quorum.is_some() {
+            return self.quorum_blocker(candidate);
+        }
         if !self.sync.members.is_empty() {
-            return (!self.sync.members.contains(candidate))
-                .then(|| Rejection::NotSyncStandby { member: candidate.clone() });
+            return None;
         }
         if !self.sync.degraded {
             return Some(Rejection::NoSyncStandby);
@@ -95,8 +100,35 @@ impl ClusterState {
         (lsn < min_lsn).then(|| Rejection::BeforeSyncDegraded { member: candidate.clone(), lsn, min_lsn })
     }
 
+    fn quorum_blocker(&self, candidate: &MemberName) -> Option<Rejection> {
+        Some(match self.sync.quorum_gap(candidate)? {
+            QuorumGap::Incomplete { recorded, needed } => Rejection::QuorumIncomplete { recorded, needed },
+            QuorumGap::Behind { lsn, max } => Rejection::BehindQuorum { member: candidate.clone(), lsn, max },
+        })
+    }
+
+    /// A member of the published quorum records its final LSN after the lease of `epoch`
+    /// expired. The first record stands: its WAL receiver is stopped, it cannot grow.
+    pub(super) fn record_final_lsn(&mut self, member: MemberName, epoch: LeaseEpoch, lsn: Lsn) -> Outcome {
+        if let Some(l) = &self.lease {
+            return Outcome::Rejected {
+                reason: Rejection::LeaseHeld { holder: l.holder.clone(), epoch: l.epoch },
+            };
+        }
+        if epoch != self.last_epoch {
+            return Outcome::Rejected {
+                reason: Rejection::StaleEpoch { expected: epoch, actual: self.last_epoch },
+            };
+        }
+        if self.sync.quorum.is_none() || !self.sync.members.contains(&member) {
+            return Outcome::Rejected { reason: Rejection::NotSyncStandby { member } };
+        }
+        self.sync.final_lsns.entry(member).or_insert(lsn);
+        Outcome::Accepted
+    }
+
     /// The holder of `epoch` publishes its synchronous standbys: existing data members other
-    /// than itself.
+    /// than itself, with a quorum between 1 and their number.
     pub(super) fn set_sync(&mut self, holder: MemberName, epoch: LeaseEpoch, sync: SyncState) -> Outcome {
         if !self.lease.as_ref().is_some_and(|l| l.holder == holder && l.epoch == epoch) {
             return Outcome::Rejected { reason: Rejection::NotHolder { member: holder } };
@@ -106,7 +138,14 @@ impl ClusterState {
         {
             return Outcome::Rejected { reason: Rejection::UnknownMember { member: m.clone() } };
         }
-        self.sync = sync;
+        if let Some(k) = sync.quorum {
+            if k == 0 || k as usize > sync.members.len() {
+                return Outcome::Rejected {
+                    reason: Rejection::InvalidQuorum { quorum: k, members: sync.members.len() },
+                };
+            }
+        }
+        self.sync = SyncState { final_lsns: BTreeMap::new(), leader: Some(holder), ..sync };
         Outcome::Accepted
     }
 

@@ -391,6 +391,7 @@ fn synchronous_standbys_gate_an_acquire_after_expiry() {
         members: members.iter().map(|m| name(m)).collect(),
         degraded,
         min_lsn: min_lsn.map(Lsn),
+        ..SyncState::default()
     };
     // (case, published, candidate, lsn, clean release checkpoint, outcome kind)
     type Case = (&'static str, SyncState, &'static str, u64, Option<u64>, &'static str);
@@ -438,6 +439,7 @@ fn only_the_lease_holder_publishes_synchronous_standbys() {
         members: m.iter().map(|x| name(x)).collect(),
         degraded: false,
         min_lsn: None,
+        ..SyncState::default()
     };
     let publish = |holder: &str, epoch: u64, m: &[&str]| Command::SetSync {
         holder: name(holder),
@@ -449,5 +451,128 @@ fn only_the_lease_holder_publishes_synchronous_standbys() {
     assert!(matches!(s.apply(publish("n1", 2, &["n1"])), Outcome::Rejected { .. }), "itself");
     assert!(matches!(s.apply(publish("n1", 2, &["ghost"])), Outcome::Rejected { .. }), "not a member");
     assert_eq!(s.apply(publish("n1", 2, &["n3"])), Outcome::Accepted);
-    assert_eq!(s.sync, members(&["n3"]));
+    assert_eq!(s.sync, SyncState { leader: Some(name("n1")), ..members(&["n3"]) });
+    let quorum = |k: u32| Command::SetSync {
+        holder: name("n1"),
+        epoch: LeaseEpoch(2),
+        sync: SyncState { quorum: Some(k), ..members(&["n2", "n3"]) },
+    };
+    assert!(matches!(s.apply(quorum(0)), Outcome::Rejected { .. }), "a quorum of none");
+    assert!(matches!(s.apply(quorum(3)), Outcome::Rejected { .. }), "more than the set");
+    assert_eq!(s.apply(quorum(1)), Outcome::Accepted);
+}
+
+/// Five data members n1..n5; n1's lease of epoch 4 expired; it had published `ANY k` of
+/// n2..n5.
+fn quorum_after_expiry(k: u32) -> St {
+    let mut s = St::three();
+    for (i, n) in ["n4", "n5"].iter().enumerate() {
+        let h = format!("tok{n}");
+        s.0.apply(Command::CreateToken { hash: h.clone(), expires_at_ms: 100 });
+        let out = s.0.apply(Command::Join {
+            token_hash: h,
+            now_ms: 1,
+            member: new_member(n, 3000 + 10 * i as u16),
+        });
+        assert!(matches!(out, Outcome::Joined { .. }));
+    }
+    let mut s = s.free_after(4);
+    let standbys = ["n2", "n3", "n4", "n5"].iter().map(|m| name(m)).collect();
+    s.0.sync = SyncState { leader: Some(name("n1")), ..SyncState::any(k as usize, standbys) };
+    s
+}
+
+fn record(m: &str, epoch: u64, lsn: u64) -> Command {
+    Command::RecordFinalLsn { member: name(m), epoch: LeaseEpoch(epoch), lsn: Lsn(lsn) }
+}
+
+#[test]
+fn a_quorum_standby_takes_over_only_at_the_highest_of_enough_final_records() {
+    // ANY 2 of 4: every acknowledged commit is on 2 of them, so any 3 hold it.
+    // (case, records (member, lsn), candidate, outcome kind)
+    type Case = (&'static str, Vec<(&'static str, u64)>, &'static str, &'static str);
+    let cases: Vec<Case> = vec![
+        ("no records yet", vec![], "n2", "quorum_incomplete"),
+        ("two of the three needed", vec![("n2", 500), ("n3", 400)], "n2", "quorum_incomplete"),
+        (
+            "three, the candidate at the highest",
+            vec![("n2", 500), ("n3", 400), ("n4", 300)],
+            "n2",
+            "lease_granted",
+        ),
+        ("three, the candidate behind", vec![("n2", 500), ("n3", 400), ("n4", 300)], "n3", "behind_quorum"),
+        (
+            "three, the candidate without a record",
+            vec![("n2", 500), ("n3", 400), ("n4", 300)],
+            "n5",
+            "behind_quorum",
+        ),
+        ("a tie at the highest", vec![("n2", 500), ("n3", 500), ("n4", 300)], "n3", "lease_granted"),
+        ("the last primary itself needs no records", vec![], "n1", "lease_granted"),
+    ];
+    for (case, records, candidate, want) in cases {
+        let mut s = quorum_after_expiry(2).0;
+        for (m, lsn) in &records {
+            assert_eq!(s.apply(record(m, 4, *lsn)), Outcome::Accepted, "{case}: record of {m}");
+        }
+        let out = s.apply(Command::AcquireLease {
+            candidate: name(candidate),
+            expected_epoch: LeaseEpoch(4),
+            ttl_ms: 10_000,
+            renewal: 1,
+            lsn: Some(Lsn(500)),
+        });
+        let kind = match &out {
+            Outcome::LeaseGranted { .. } => "lease_granted".to_string(),
+            Outcome::Rejected { reason } => {
+                serde_json::to_value(reason).unwrap()["reason"].as_str().unwrap().to_string()
+            }
+            other => format!("{other:?}"),
+        };
+        assert_eq!(kind, want, "{case}");
+    }
+}
+
+#[test]
+fn final_records_are_taken_once_per_expiry_and_only_from_the_quorum() {
+    let mut s = quorum_after_expiry(2).0;
+    assert!(matches!(s.apply(record("n2", 3, 500)), Outcome::Rejected { .. }), "an older epoch");
+    assert!(matches!(s.apply(record("n1", 4, 500)), Outcome::Rejected { .. }), "not in the quorum");
+    assert_eq!(s.apply(record("n2", 4, 500)), Outcome::Accepted);
+    assert_eq!(s.apply(record("n2", 4, 900)), Outcome::Accepted, "idempotent");
+    assert_eq!(s.sync.final_lsns.get(&name("n2")), Some(&Lsn(500)), "the first record stands");
+    let mut held = quorum_after_expiry(2).held("n1", 4, 1).0;
+    assert!(matches!(held.apply(record("n2", 4, 500)), Outcome::Rejected { .. }), "while the lease is held");
+
+    // A grant clears the records; the quorum loses the new primary: ANY 1 of the other three.
+    for (m, lsn) in [("n3", 400), ("n4", 300)] {
+        assert_eq!(s.apply(record(m, 4, lsn)), Outcome::Accepted);
+    }
+    assert!(matches!(s.apply(acquire("n2", 4, 1)), Outcome::LeaseGranted { .. }));
+    let rest: BTreeSet<MemberName> = ["n3", "n4", "n5"].iter().map(|m| name(m)).collect();
+    assert_eq!(s.sync, SyncState { leader: Some(name("n2")), ..SyncState::any(1, rest) });
+    assert!(s.sync.final_lsns.is_empty());
+}
+
+#[test]
+fn a_grant_keeps_what_the_remaining_standbys_are_known_to_hold() {
+    // (case, k of n2..n5, candidate, remaining k: None = all of them, Some(0) = nobody known)
+    let cases: Vec<(&str, u32, &str, Option<u32>)> = vec![
+        ("ANY 2 of 4, a member promoted: ANY 1 of 3", 2, "n2", Some(1)),
+        ("ANY 1 of 4, a member promoted: nothing known of the others", 1, "n2", Some(0)),
+        ("ANY 2 of 4, the old primary back: unchanged", 2, "n1", Some(2)),
+    ];
+    for (case, k, candidate, remaining) in cases {
+        let mut s = quorum_after_expiry(k).0;
+        for (m, lsn) in [("n2", 500), ("n3", 400), ("n4", 300), ("n5", 200)] {
+            s.apply(record(m, 4, lsn));
+        }
+        assert!(matches!(s.apply(acquire(candidate, 4, 1)), Outcome::LeaseGranted { .. }), "{case}");
+        match remaining {
+            Some(0) => assert!(s.sync.members.is_empty() && !s.sync.degraded, "{case}: {:?}", s.sync),
+            Some(k) => assert_eq!(s.sync.k(), k as usize, "{case}: {:?}", s.sync),
+            None => assert_eq!(s.sync.quorum, None, "{case}"),
+        }
+        assert!(!s.sync.members.contains(&name(candidate)), "{case}");
+    }
 }

@@ -89,8 +89,26 @@ impl HaLoop {
                 self.local.start_standby_of_nobody(c).await
             }
             Action::Follow { upstream } => self.local.follow(c, upstream).await,
-            Action::Clone { from } => self.clone_from(c, from).await,
+            Action::RecordFinalLsn { epoch } => {
+                let lsn = match pg {
+                    LocalPg::Running { .. } => self.local.stop_receiving(c, dynamic.retry_timeout()).await?,
+                    _ => pg.lsn().ok_or("no WAL position to record")?,
+                };
+                tracing::info!(member = %self.me, %lsn, %epoch, "recording my final WAL position for the quorum");
+                let cmd = Command::RecordFinalLsn { member: self.me.clone(), epoch: *epoch, lsn };
+                match self.propose(cmd).await? {
+                    Outcome::Rejected { reason } => Err(format!("final WAL position not recorded: {reason}")),
+                    _ => Ok(()),
+                }
+            }
+            Action::Clone { from } => {
+                if !matches!(pg, LocalPg::Absent) {
+                    self.confirm_current(c).await?;
+                }
+                self.clone_from(c, from).await
+            }
             Action::Rewind { from } => {
+                self.confirm_current(c).await?;
                 let source = self.local.source(from, RoleOf::Rewind, c)?;
                 let password = self.local.credentials(RoleOf::Rewind, Some(c)).password;
                 let rewound = self
@@ -259,6 +277,10 @@ impl HaLoop {
     }
 
     async fn complete_initialize(&mut self, c: &ClusterState) -> Result<(), String> {
+        // This iteration does not renew otherwise, and the step can take longer than the
+        // lease's budget (ttl - safety_margin since the last renewal was sent): under load the
+        // fence killed the new primary here (found by the callbacks test).
+        self.renew_held(c).await?;
         let session = self.local.session(Some(c)).await.map_err(err)?;
         for (role, kind) in [(RoleOf::Replication, RoleKind::Replication), (RoleOf::Rewind, RoleKind::Rewind)]
         {
@@ -267,8 +289,24 @@ impl HaLoop {
         }
         let probe = session.probe().await.map_err(err)?;
         drop(session);
-        if let Some(script) = &self.post_bootstrap {
-            self.run_post_bootstrap(script, c).await?;
+        if let Some(script) = self.post_bootstrap.clone() {
+            let mut cmd = self.post_bootstrap_command(&script, c);
+            let run = async move { tokio::time::timeout(POST_BOOTSTRAP_TIMEOUT, cmd.output()).await };
+            let out = self
+                .renewing_while(c, run)
+                .await?
+                .map_err(|_| {
+                    format!("{} did not finish within {POST_BOOTSTRAP_TIMEOUT:?}", script.display())
+                })?
+                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{} failed ({}): {}",
+                    script.display(),
+                    out.status,
+                    crate::pg::error::tail(&String::from_utf8_lossy(&out.stderr), 10)
+                ));
+            }
         }
         let outcome = self
             .propose(Command::CompleteInitialize {
@@ -284,9 +322,9 @@ impl HaLoop {
         Ok(())
     }
 
-    /// Runs `bootstrap.post_bootstrap` with a connection string to the new primary as its
-    /// argument (the password in `PGPASSWORD`, never on the command line).
-    async fn run_post_bootstrap(&self, script: &std::path::Path, c: &ClusterState) -> Result<(), String> {
+    /// `bootstrap.post_bootstrap` with a connection string to the new primary as its argument
+    /// (the password in `PGPASSWORD`, never on the command line); killed if dropped.
+    fn post_bootstrap_command(&self, script: &std::path::Path, c: &ClusterState) -> tokio::process::Command {
         let su = self.local.credentials(RoleOf::Superuser, Some(c));
         let conninfo = crate::pg::conninfo::Conninfo::new()
             .set("host", self.local.socket_dir().to_string_lossy())
@@ -299,20 +337,34 @@ impl HaLoop {
         if let Some(pw) = &su.password {
             cmd.env("PGPASSWORD", pw);
         }
-        let run = async { cmd.output().await };
-        let out = tokio::time::timeout(POST_BOOTSTRAP_TIMEOUT, run)
-            .await
-            .map_err(|_| format!("{} did not finish within {POST_BOOTSTRAP_TIMEOUT:?}", script.display()))?
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed ({}): {}",
-                script.display(),
-                out.status,
-                crate::pg::error::tail(&String::from_utf8_lossy(&out.stderr), 10)
-            ));
+        cmd
+    }
+
+    /// Renews the lease we hold in `c` now, the fence following an accepted renewal.
+    async fn renew_held(&mut self, c: &ClusterState) -> Result<(), String> {
+        let Some(epoch) = c.lease.as_ref().filter(|l| l.holder == self.me).map(|l| l.epoch) else {
+            return Err("the lease is not mine".into());
+        };
+        let d = &c.config;
+        let outcome = self.handle.renew_lease(epoch, d.ttl(), d.retry_timeout(), None).await.map_err(err)?;
+        self.after_lease_outcome("renewal", &outcome).await
+    }
+
+    /// Waits for `work` while keeping the lease held in `c`: a renewal every `loop_wait`, as
+    /// the loop would make, so a long step (a `post_bootstrap` script) is not fenced. A
+    /// rejected renewal drops `work` and fails.
+    async fn renewing_while<T>(
+        &mut self,
+        c: &ClusterState,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, String> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                _ = clock::sleep(c.config.loop_wait()) => self.renew_held(c).await?,
+            }
         }
-        Ok(())
     }
 
     async fn promote(&mut self, c: &ClusterState, pg: &LocalPg) -> Result<(), String> {
@@ -372,6 +424,29 @@ impl HaLoop {
             Ok(_) => self.unrecorded_promotion = None,
             Err(e) => tracing::warn!(error = %e, "cannot record the promotion yet; retrying"),
         }
+    }
+
+    /// Before a step that discards WAL (pg_rewind, a clone over an existing directory): the
+    /// decision must rest on the current state, not on what a restarted node applied before
+    /// it caught up (its snapshot may predate its own promotion: found by the simulation). A
+    /// ReadIndex waits until everything committed is applied here; if the lease or the
+    /// history moved meanwhile, the next iteration decides again.
+    async fn confirm_current(&self, c: &ClusterState) -> Result<(), String> {
+        self.handle
+            .read_index(c.config.retry_timeout())
+            .await
+            .map_err(|e| format!("cannot confirm the state is current before discarding WAL: {e}"))?;
+        let fresh = self.handle.state().ok_or("no applied state")?;
+        let key = |s: &ClusterState| {
+            (s.lease.as_ref().map(|l| (l.holder.clone(), l.epoch)), s.last_epoch, s.history.len())
+        };
+        if key(&fresh) != key(c) {
+            return Err(
+                "the lease or the history changed since this decision: deciding again before discarding WAL"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     async fn clone_from(&mut self, c: &ClusterState, from: &MemberName) -> Result<(), String> {

@@ -62,6 +62,11 @@ pub enum Action {
     Stop {
         mode: StopMode,
     },
+    /// Quorum mode, the lease of `epoch` expired: stop the WAL receiver and record the final
+    /// position, so the member at the highest of enough records may take over.
+    RecordFinalLsn {
+        epoch: LeaseEpoch,
+    },
     /// Give the lease up; after a clean stop with its shutdown checkpoint (switchover).
     ReleaseLease {
         epoch: LeaseEpoch,
@@ -98,6 +103,7 @@ pub enum Reason {
     Ineligible(Ineligible),
     NothingToFollow,
     Paused,
+    RecordingFinalLsn { epoch: LeaseEpoch },
 }
 
 impl fmt::Display for Reason {
@@ -143,6 +149,10 @@ impl fmt::Display for Reason {
             Ineligible(why) => write!(f, "the lease is free but I may not take it: {why}"),
             NothingToFollow => write!(f, "no primary to follow"),
             Paused => write!(f, "paused: no automatic action"),
+            RecordingFinalLsn { epoch } => write!(
+                f,
+                "lease epoch {epoch} expired and I am a quorum standby: stopping my WAL receiver to record my final position"
+            ),
         }
     }
 }
@@ -291,10 +301,17 @@ pub fn decide(obs: &Observation) -> Decision {
                     LocalPg::Running { .. } | LocalPg::Starting => {
                         d(Action::Stop { mode: StopMode::Fast }, reason)
                     }
-                    LocalPg::Stopped { checkpoint, .. } => {
+                    // Only a clean stop's checkpoint is the end of the WAL; after a crash,
+                    // recover first (the next iteration releases with the real end).
+                    LocalPg::Stopped { checkpoint, was_primary: true, clean: true, .. } => {
                         d(Action::ReleaseLease { epoch, checkpoint: Some(*checkpoint) }, reason)
                     }
-                    LocalPg::Absent => d(Action::ReleaseLease { epoch, checkpoint: None }, reason),
+                    LocalPg::Stopped { was_primary: true, clean: false, .. } => {
+                        d(Action::CrashRecover, reason)
+                    }
+                    LocalPg::Stopped { .. } | LocalPg::Absent => {
+                        d(Action::ReleaseLease { epoch, checkpoint: None }, reason)
+                    }
                 };
             }
         }
@@ -332,6 +349,11 @@ pub fn decide(obs: &Observation) -> Decision {
                 LocalPg::Stopped { was_primary: true, clean: false, .. } => {
                     d(Action::CrashRecover, Reason::CrashedNoLease)
                 }
+                // Whoever may take over, the quorum's records decide it: give ours first.
+                LocalPg::Running { .. } | LocalPg::Stopped { .. } if owes_final_lsn(c, obs.me) => d(
+                    Action::RecordFinalLsn { epoch: c.last_epoch },
+                    Reason::RecordingFinalLsn { epoch: c.last_epoch },
+                ),
                 _ if obs.watchdog_blocks => d(Action::None, Reason::Ineligible(Ineligible::WatchdogRequired)),
                 _ if eligibility::timeline_blocker(c, pg.timeline()).is_some() => d(
                     Action::None,
@@ -344,6 +366,15 @@ pub fn decide(obs: &Observation) -> Decision {
             }
         }
     }
+}
+
+/// Quorum mode after an expiry (not a clean release): a published quorum standby that has
+/// not recorded its final position yet.
+fn owes_final_lsn(c: &ClusterState, me: &MemberName) -> bool {
+    c.sync.quorum.is_some()
+        && c.release_checkpoint.is_none()
+        && c.sync.members.contains(me)
+        && !c.sync.final_lsns.contains_key(me)
 }
 
 fn renew_or_start(pg: &LocalPg, epoch: LeaseEpoch, reason: Reason) -> Decision {

@@ -5,7 +5,7 @@
 //! and during a switchover only its candidate. Pure; the same checks are repeated in `apply`
 //! for the ones the replicated state can judge, so a stale local view can propose but not win.
 
-use crate::dcs::state::{ClusterState, Member};
+use crate::dcs::state::{ClusterState, Member, QuorumGap};
 use crate::types::{Lsn, MemberName, Timeline};
 use std::fmt;
 
@@ -50,6 +50,16 @@ pub enum Ineligible {
         lsn: Lsn,
         min_lsn: Lsn,
     },
+    /// Quorum mode after an expiry: too few quorum standbys recorded their final position.
+    QuorumIncomplete {
+        recorded: usize,
+        needed: usize,
+    },
+    /// Quorum mode after an expiry: another quorum standby recorded more WAL.
+    BehindQuorum {
+        lsn: Option<Lsn>,
+        max: Lsn,
+    },
     /// This member has not reached the newest timeline in the history yet.
     OldTimeline {
         mine: Timeline,
@@ -77,6 +87,16 @@ impl fmt::Display for Ineligible {
                 f,
                 "at {lsn}, before {min_lsn}, where the last primary stopped waiting for synchronous standbys"
             ),
+            Ineligible::QuorumIncomplete { recorded, needed } => write!(
+                f,
+                "only {recorded} of the {needed} quorum standbys needed recorded their final WAL position"
+            ),
+            Ineligible::BehindQuorum { lsn: Some(lsn), max } => {
+                write!(f, "recorded {lsn}, behind {max}, the highest final WAL position of the quorum")
+            }
+            Ineligible::BehindQuorum { lsn: None, .. } => {
+                write!(f, "has not recorded its final WAL position as a quorum standby")
+            }
             Ineligible::NoSyncStandby => write!(
                 f,
                 "the last primary published no synchronous standby while its commits waited for one (strict)"
@@ -143,14 +163,23 @@ pub fn timeline_blocker(cluster: &ClusterState, mine: Option<Timeline>) -> Optio
 }
 
 /// Synchronous modes, as the acquire's compare-and-set judges them: after an expired lease
-/// only a published synchronous standby may take over; a clean release (its checkpoint) lets
-/// any caught-up member.
+/// only a published synchronous standby may take over (in a quorum, the one at the highest of
+/// enough final records); a clean release (its checkpoint) lets any caught-up member.
 pub fn sync_blocker(cluster: &ClusterState, member: &MemberName, lsn: Option<Lsn>) -> Option<Ineligible> {
-    if cluster.release_checkpoint.is_some() {
+    if cluster.release_checkpoint.is_some() || cluster.sync.leader.as_ref() == Some(member) {
         return None;
     }
+    if !cluster.sync.members.is_empty() && !cluster.sync.members.contains(member) {
+        return Some(Ineligible::NotSyncStandby);
+    }
+    if cluster.sync.quorum.is_some() {
+        return cluster.sync.quorum_gap(member).map(|gap| match gap {
+            QuorumGap::Incomplete { recorded, needed } => Ineligible::QuorumIncomplete { recorded, needed },
+            QuorumGap::Behind { lsn, max } => Ineligible::BehindQuorum { lsn, max },
+        });
+    }
     if !cluster.sync.members.is_empty() {
-        return (!cluster.sync.members.contains(member)).then_some(Ineligible::NotSyncStandby);
+        return None;
     }
     if !cluster.sync.degraded {
         return Some(Ineligible::NoSyncStandby);

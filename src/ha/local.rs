@@ -7,6 +7,7 @@
 //! decides what to do, and it never starts a second postmaster while one of its own exists.
 
 use super::observe::{LocalPg, PgRole};
+use crate::clock;
 use crate::config::file::{Credentials, LocalConfig};
 use crate::dcs::state::ClusterState;
 use crate::pg::conf::{ConfInput, Follow, Parameters, TlsFiles};
@@ -447,6 +448,32 @@ impl LocalPostgres {
         Ok(())
     }
 
+    /// Quorum mode after an expiry: stops the running standby's WAL receiver (an empty
+    /// `primary_conninfo`, reloaded) and returns how far its WAL goes once no receiver runs:
+    /// from then on it cannot grow until pgha points the standby somewhere again.
+    pub async fn stop_receiving(&mut self, cluster: &ClusterState, timeout: Duration) -> Result<Lsn, String> {
+        self.write_config_as(cluster, None, true)?;
+        self.reload(cluster).await?;
+        self.upstream = None;
+        let start = clock::boot_now();
+        loop {
+            let session = self.session(Some(cluster)).await.map_err(|e| e.to_string())?;
+            let probe = session.probe().await.map_err(|e| e.to_string())?;
+            if !probe.in_recovery {
+                return Err("Postgres is no longer a standby".into());
+            }
+            if probe.wal_receiver.is_none() {
+                return probe.wal_position().ok_or_else(|| "the standby reports no WAL position".to_string());
+            }
+            if clock::boot_now().saturating_since(start) > timeout {
+                return Err(format!(
+                    "the WAL receiver still runs {timeout:?} after primary_conninfo was cleared"
+                ));
+            }
+            clock::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// What Postgres waits for before it acknowledges a commit, from the next write of the
     /// configuration files on (`refresh_config`, a start).
     pub fn set_sync_names(&mut self, names: Option<String>) {
@@ -484,9 +511,14 @@ impl LocalPostgres {
         Ok(Some(stopped))
     }
 
-    /// The last checkpoint of the stopped data directory (a clean stop's shutdown checkpoint).
+    /// The shutdown checkpoint of a primary's data directory stopped cleanly: the end of
+    /// everything it wrote. `None` after any other stop (killed, stopped while starting or in
+    /// crash recovery): its last checkpoint is then somewhere before the end of its WAL, and a
+    /// release carrying it would let a standby short of the end take over (found by the
+    /// simulation).
     pub async fn checkpoint(&self) -> Option<Lsn> {
-        self.tools.controldata(self.data.path(), CONTROLDATA_TIMEOUT).await.ok().map(|cd| cd.checkpoint_lsn)
+        let cd = self.tools.controldata(self.data.path(), CONTROLDATA_TIMEOUT).await.ok()?;
+        (cd.state == DbState::ShutDown).then_some(cd.checkpoint_lsn)
     }
 }
 

@@ -17,7 +17,7 @@ use super::observe::{LocalPg, Observation, PgRole};
 use super::sync::{self, SyncNames, SyncStep};
 use crate::clock;
 use crate::dcs::handle::Handle;
-use crate::dcs::state::{ClusterState, Command, MemberStatus, Tags};
+use crate::dcs::state::{ClusterState, Command, MemberStatus, SyncState, Tags};
 use crate::fence::Fence;
 use crate::pg::probe::PgProbe;
 use crate::pg::process::StopMode;
@@ -73,6 +73,8 @@ struct WakeKey {
     config_version: u64,
     switchover: bool,
     history: usize,
+    /// Published synchronous standbys and, after an expiry, the quorum's final records.
+    sync: SyncState,
 }
 
 impl WakeKey {
@@ -90,6 +92,7 @@ impl WakeKey {
             config_version: s.config_version,
             switchover: s.switchover.is_some(),
             history: s.history.len(),
+            sync: s.sync.clone(),
         })
     }
 }
@@ -326,7 +329,7 @@ impl HaLoop {
     async fn maintain_sync(&mut self, c: &ClusterState, probe: &PgProbe) {
         let Some(lease) = c.lease.as_ref().filter(|l| l.holder == self.me) else { return };
         let standbys = sync::standbys(c, &self.me, probe);
-        if let SyncNames::Named(names) = &self.sync_names {
+        if let Some(names) = self.sync_names.names() {
             let all_sync = names.iter().all(|n| standbys.iter().any(|s| &s.name == n && s.sync));
             if all_sync && self.sync_named_at.is_none() {
                 // Everything acknowledged so far is at or below this position.

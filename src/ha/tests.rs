@@ -211,7 +211,24 @@ impl Case {
             members: members.iter().map(|m| n(m)).collect(),
             degraded,
             min_lsn: min_lsn.map(Lsn),
+            ..Default::default()
         };
+        self
+    }
+    /// `synchronous_mode: quorum`: `ANY k` of `members` published by n1, with these final
+    /// records of the expired lease.
+    fn quorum(mut self, k: usize, members: &[&str], records: &[(&str, u64)]) -> Self {
+        self.state.config.synchronous_mode = crate::config::dynamic::SynchronousMode::Quorum;
+        self.state.sync = crate::dcs::state::SyncState {
+            leader: Some(n("n1")),
+            final_lsns: records.iter().map(|(m, l)| (n(m), Lsn(*l))).collect(),
+            ..crate::dcs::state::SyncState::any(k, members.iter().map(|m| n(m)).collect())
+        };
+        self
+    }
+    /// The published synchronous state is of `leader`'s commits.
+    fn sync_leader(mut self, leader: &str) -> Self {
+        self.state.sync.leader = Some(n(leader));
         self
     }
     fn no_rewind(mut self) -> Self {
@@ -564,6 +581,79 @@ fn decisions() {
             AcquireLease { expected_epoch: e(3) },
         ),
         (
+            "sync strict, nothing published: the primary whose commits they are may take its lease back",
+            Case::three()
+                .me("n1")
+                .free_after(3)
+                .sync(&[], false, Option::None)
+                .sync_leader("n1")
+                .pg(crashed(1, 400)),
+            CrashRecover,
+        ),
+        (
+            "sync strict, nothing published: recovered, the last primary acquires",
+            Case::three()
+                .me("n1")
+                .free_after(3)
+                .sync(&[], false, Option::None)
+                .sync_leader("n1")
+                .pg(stopped(1, 400, true)),
+            AcquireLease { expected_epoch: e(3) },
+        ),
+        // synchronous_mode: quorum
+        (
+            "quorum: after the expiry a quorum standby stops receiving and records its position",
+            Case::three().me("n2").free_after(3).quorum(1, &["n2", "n3"], &[]).pg(replica_of("n1", 400)),
+            RecordFinalLsn { epoch: e(3) },
+        ),
+        (
+            "quorum: a stopped quorum standby records its position too",
+            Case::three().me("n2").free_after(3).quorum(1, &["n2", "n3"], &[]).pg(stopped(1, 400, false)),
+            RecordFinalLsn { epoch: e(3) },
+        ),
+        (
+            "quorum: recorded, waiting for enough records",
+            Case::three()
+                .me("n2")
+                .free_after(3)
+                .quorum(1, &["n2", "n3"], &[("n2", 400)])
+                .pg(replica_of("n1", 400)),
+            None,
+        ),
+        (
+            "quorum: enough records, mine the highest: acquire",
+            Case::three()
+                .me("n2")
+                .free_after(3)
+                .quorum(1, &["n2", "n3"], &[("n2", 400), ("n3", 300)])
+                .pg(running(PgRole::Replica, 400, Option::None)),
+            AcquireLease { expected_epoch: e(3) },
+        ),
+        (
+            "quorum: enough records, another one higher: wait",
+            Case::three()
+                .me("n3")
+                .free_after(3)
+                .quorum(1, &["n2", "n3"], &[("n2", 400), ("n3", 300)])
+                .pg(running(PgRole::Replica, 300, Option::None)),
+            None,
+        ),
+        (
+            "quorum: a clean release needs no records (the checkpoint covers it)",
+            Case::three()
+                .me("n3")
+                .free_after(3)
+                .quorum(1, &["n2", "n3"], &[])
+                .release_checkpoint(400)
+                .pg(replica_of("n1", 400)),
+            AcquireLease { expected_epoch: e(3) },
+        ),
+        (
+            "quorum: a standby outside the quorum records nothing and may not acquire",
+            Case::three().me("n3").free_after(3).quorum(1, &["n2"], &[]).pg(replica_of("n1", 500)),
+            None,
+        ),
+        (
             "free lease, a stopped replica may acquire too",
             Case::three().free_after(3).pg(stopped(1, 400, false)),
             AcquireLease { expected_epoch: e(3) },
@@ -595,6 +685,26 @@ fn decisions() {
                 .status("n2", "streaming", 500)
                 .pg(stopped(1, 520, true)),
             ReleaseLease { epoch: e(3), checkpoint: Some(Lsn(520)) },
+        ),
+        (
+            "switchover, Postgres crashed instead of stopping cleanly: recover before releasing",
+            Case::three()
+                .me("n1")
+                .held("n1", 3, true)
+                .switchover(Some("n2"), Option::None)
+                .status("n2", "streaming", 500)
+                .pg(crashed(1, 300)),
+            CrashRecover,
+        ),
+        (
+            "switchover while holding a standby directory: its checkpoint is no end of WAL",
+            Case::three()
+                .me("n1")
+                .held("n1", 3, true)
+                .switchover(Some("n2"), Option::None)
+                .status("n2", "streaming", 500)
+                .pg(stopped(1, 300, false)),
+            ReleaseLease { epoch: e(3), checkpoint: Option::None },
         ),
         (
             "switchover after the clean stop, replicas no longer streaming: release anyway",

@@ -295,7 +295,8 @@ fn a_member_that_requires_a_missing_watchdog_is_never_promoted() {
 }
 
 /// `bootstrap.post_bootstrap` runs once on the new primary with a connection string (the seeds
-/// create application roles that way); what it creates reaches every replica.
+/// create application roles that way); what it creates reaches every replica. It takes longer
+/// than the lease's ttl here: the lease is renewed meanwhile, the new primary is not fenced.
 #[test]
 fn post_bootstrap_runs_once_on_the_new_primary() {
     let mut c = Cluster::empty();
@@ -308,7 +309,7 @@ fn post_bootstrap_runs_once_on_the_new_primary() {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nset -e\n/usr/bin/psql \"$1\" -X -v ON_ERROR_STOP=1 -c 'CREATE ROLE it_app LOGIN'\necho ran >> {}\n",
+            "#!/bin/sh\nset -e\n/usr/bin/psql \"$1\" -X -v ON_ERROR_STOP=1 -c 'CREATE ROLE it_app LOGIN'\nsleep 6\necho ran >> {}\n",
             ran.display()
         ),
     )
@@ -324,4 +325,11 @@ fn post_bootstrap_runs_once_on_the_new_primary() {
         wait_row(&c, i, "SELECT count(*) FROM pg_roles WHERE rolname = 'it_app'", "1");
     }
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "ran\n", "post_bootstrap ran exactly once");
+    for i in 0..3 {
+        assert!(
+            !c.log_text(i).contains("Postgres exited"),
+            "{} lost its Postgres meanwhile",
+            c.nodes[i].name
+        );
+    }
 }

@@ -232,3 +232,126 @@ fn without_its_synchronous_standby_non_strict_degrades_and_strict_blocks() {
     assert!(blocked.join().unwrap(), "the commit completes once the standby is back");
     assert_eq!(psql(&c, p, "SELECT count(*) FROM it_sync").unwrap(), "2");
 }
+
+/// The published quorum as `/cluster` shows it: its standbys and `k` (`None` unless the mode
+/// is quorum and a quorum is published).
+fn quorum_published(c: &Cluster, via: &[usize]) -> Result<(Vec<String>, Option<u64>), String> {
+    let mut last = String::new();
+    for &i in via {
+        match c.api_get(i, "/cluster") {
+            Ok(v) => {
+                let s = &v["synchronous_mode"];
+                let names = s["sync_standbys"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                    .unwrap_or_default();
+                return Ok((names, s["quorum"].as_u64()));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Both standbys of a three-node cluster published as `ANY 1` of them.
+fn wait_quorum_of_two(c: &Cluster, via: &[usize]) -> Vec<String> {
+    wait_until(FORM, "a quorum of two standbys is published", || match quorum_published(c, via)? {
+        (names, Some(1)) if names.len() == 2 => Ok(names),
+        other => Err(format!("{other:?}")),
+    })
+}
+
+/// HTTP status of `GET path` on node `i`'s API.
+fn status_of(c: &Cluster, i: usize, path: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(c.nodes[i].tls_dir().join("ca.crt"))
+        .arg(format!("https://{}{path}", c.nodes[i].api))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Kills the primary's node, waits for a survivor to be primary and for writes to resume,
+/// and checks every acknowledged row is on it. Returns the new primary.
+fn kill_primary_and_check(
+    c: &mut Cluster,
+    writer: &Writer,
+    p: usize,
+    allowed: &[String],
+    what: &str,
+) -> usize {
+    let before = writer.acked().len();
+    c.kill9(p);
+    let survivors: Vec<usize> = (0..c.nodes.len()).filter(|&i| i != p).collect();
+    let new_p = wait_until(FAILOVER, "a survivor is primary", || {
+        survivors
+            .iter()
+            .copied()
+            .find(|&i| psql(c, i, "SELECT pg_is_in_recovery()").as_deref() == Ok("f"))
+            .ok_or_else(|| "no primary yet".to_string())
+    });
+    assert!(
+        allowed.contains(&c.nodes[new_p].name),
+        "{what}: promoted {} outside {allowed:?}",
+        c.nodes[new_p].name
+    );
+    wait_until(FAILOVER, "writes resume", || {
+        (writer.acked().len() > before + 3).then_some(()).ok_or("no new writes".to_string())
+    });
+    let acked = writer.acked();
+    let rows = present(c, new_p);
+    let lost: Vec<&u64> = acked.iter().filter(|n| !rows.contains(n)).collect();
+    assert!(
+        lost.is_empty(),
+        "{what}: acknowledged rows lost after the failover to {}: {lost:?}",
+        c.nodes[new_p].name
+    );
+    c.start(p);
+    new_p
+}
+
+#[test]
+fn in_quorum_mode_and_across_mode_changes_under_load_no_acknowledged_row_is_lost() {
+    let mut c = Cluster::new(3);
+    let all = [0, 1, 2];
+    let p = wait_primary_with_streaming_replicas(&c, &all, FORM);
+    psql(&c, p, "CREATE TABLE it_sync (n bigint PRIMARY KEY)").unwrap();
+    let writer = Writer::start(c.nodes.iter().map(|n| n.pg_port).collect());
+
+    // on, then quorum, while the client writes.
+    set_config(&c, p, &["synchronous_mode=on"]);
+    wait_sync_published(&c, &all);
+    set_config(&c, p, &["synchronous_mode=quorum"]);
+    let quorum = wait_quorum_of_two(&c, &all);
+    let r = (0..3).find(|&i| i != p).unwrap();
+    assert_eq!((status_of(&c, r, "/quorum"), status_of(&c, r, "/sync")), ("200".into(), "503".into()));
+    let out = c.ctl(p, &["list"]);
+    assert!(stdout(&out).contains("Quorum Standby"), "{}", show(&out));
+    let ssn = psql(&c, p, "SHOW synchronous_standby_names").unwrap();
+    assert!(ssn.starts_with("ANY 1 ("), "{ssn}");
+
+    let rounds: u64 = std::env::var("PGHA_SYNC_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let mut seed = std::process::id() as u64;
+    let mut p = p;
+    let mut quorum = quorum;
+    for round in 1..=rounds {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        crate::harness::pause(Duration::from_millis(300 + (seed >> 33) % 2000));
+        let new_p = kill_primary_and_check(&mut c, &writer, p, &quorum, &format!("quorum round {round}"));
+        p = wait_primary_with_streaming_replicas(&c, &all, FAILOVER);
+        assert_eq!(p, new_p);
+        quorum = wait_quorum_of_two(&c, &all);
+    }
+
+    // quorum, off, on again under load; then a failover in mode on.
+    set_config(&c, p, &["synchronous_mode=off"]);
+    wait_until(FAILOVER, "asynchronous", || match psql(&c, p, "SHOW synchronous_standby_names")? {
+        ssn if ssn.is_empty() => Ok(()),
+        ssn => Err(ssn),
+    });
+    set_config(&c, p, &["synchronous_mode=on"]);
+    let sync = wait_sync_published(&c, &all);
+    kill_primary_and_check(&mut c, &writer, p, &sync, "mode on after the changes");
+    assert!(writer.acked().len() as u64 > rounds * 10, "the writer made progress");
+}

@@ -19,6 +19,7 @@ use crate::sim::{name, Sim};
 use pgha::dcs::state::{ClusterState, Command, HistoryEntry};
 use pgha::ha::decide::{Action, StopMode};
 use pgha::ha::observe::LocalPg;
+use pgha::ha::sync::SyncNames;
 use pgha::types::Lsn;
 
 #[derive(Clone, Debug)]
@@ -82,7 +83,28 @@ impl Sim {
                 wait(self, Req::Acquire { expected: *expected_epoch, ttl, lsn: pg.lsn() }, Then::ExtendFence)
             }
             Action::RenewLease { epoch } => {
-                wait(self, Req::Renew { epoch: *epoch, ttl, lsn: pg.lsn() }, Then::ExtendFence)
+                // run.rs: a running primary maintains synchronous replication after its renewal.
+                let then = if pg.is_running_primary() { Then::MaintainSync } else { Then::ExtendFence };
+                wait(self, Req::Renew { epoch: *epoch, ttl, lsn: pg.lsn() }, then)
+            }
+            Action::RecordFinalLsn { epoch } => {
+                let data = data_mut(self, id);
+                let end = data.pg.end();
+                let lsn = match &mut data.pg.process {
+                    // local::stop_receiving: an empty primary_conninfo stops the WAL receiver.
+                    Process::Running { primary: false, upstream, streaming, .. } => {
+                        *upstream = None;
+                        *streaming = false;
+                        end
+                    }
+                    Process::Running { primary: true, .. } => {
+                        return Err("Postgres is no longer a standby".into())
+                    }
+                    _ => pg.lsn().map(|l| l.0),
+                };
+                let Some(lsn) = lsn else { return Err("no WAL position to record".into()) };
+                let command = Command::RecordFinalLsn { member: me, epoch: *epoch, lsn: Lsn(lsn) };
+                wait(self, Req::Command(command), Then::Nothing)
             }
             Action::Promote => {
                 let Some(lease) = c.lease.as_ref().filter(|l| l.holder == me) else {
@@ -106,6 +128,8 @@ impl Sim {
                     Some(_) => {}
                     None => return Err("not promoting: the lease deadline passed".into()),
                 }
+                // act::promote: what the new primary waits for, before pg_promote().
+                data_mut(self, id).pg.sync_names = SyncNames::for_new_primary(c, &me);
                 self.becomes_primary(id, lease.epoch);
                 let origin = self.new_origin();
                 data_mut(self, id).pg.promote(origin)?;
@@ -120,6 +144,7 @@ impl Sim {
                 Some(Wait::Job { until: local + ACT_GAP_US, job: Job::AfterPromote { command } })
             }
             Action::StartPrimary => {
+                data_mut(self, id).pg.sync_names = SyncNames::for_new_primary(c, &me);
                 let expose = self.cfg.pg.as_ref().is_some_and(|p| p.expose_known_bugs);
                 let initialized = c.initialize.as_ref().is_some_and(|i| i.system_identifier.is_some());
                 if matches!(pg, LocalPg::Stopped { was_primary: false, .. }) && initialized && !expose {
@@ -164,9 +189,15 @@ impl Sim {
                 if data_mut(self, id).pg.is_up() {
                     return Err("cannot clone while Postgres runs".into());
                 }
+                if data_mut(self, id).pg.dir.is_some() {
+                    self.confirm_current(id)?;
+                }
                 job(self, Job::Clone { from: id_of(from) }, 1000, 4000)
             }
-            Action::Rewind { from } => job(self, Job::Rewind { from: id_of(from) }, 300, 2000),
+            Action::Rewind { from } => {
+                self.confirm_current(id)?;
+                job(self, Job::Rewind { from: id_of(from) }, 300, 2000)
+            }
             Action::CrashRecover => {
                 let data = data_mut(self, id);
                 if data.pg.dir.as_ref().is_some_and(|d| d.standby_signal) {
@@ -196,6 +227,22 @@ impl Sim {
             }
         };
         Ok(w)
+    }
+
+    /// `act::confirm_current` before discarding WAL: a ReadIndex through a reachable leader,
+    /// which holds until everything it had committed is applied here. The iteration observed
+    /// its state in this same step, so the state is current iff it applied that much.
+    fn confirm_current(&self, id: u64) -> Result<(), String> {
+        let reachable = |l: u64| l == id || (!self.net.blocked(id, l) && !self.net.blocked(l, id));
+        let Some(leader) = self.leader().filter(|l| reachable(*l)) else {
+            return Err("cannot confirm the state is current before discarding WAL: no leader".into());
+        };
+        let commit = self.nodes[&leader].core.as_ref().map_or(0, |c| c.status().commit_index);
+        let applied = self.nodes[&id].core.as_ref().map_or(0, |c| c.applied());
+        if applied < commit {
+            return Err(format!("the state was not current (applied {applied}, committed {commit}): deciding again before discarding WAL"));
+        }
+        Ok(())
     }
 
     pub(crate) fn start_postgres(
@@ -304,8 +351,14 @@ impl Sim {
             self.crash(id);
             return;
         };
-        let checkpoint =
-            if was_primary { data_mut(self, id).pg.dir.as_ref().map(|d| Lsn(d.checkpoint)) } else { None };
+        // local::checkpoint: only a clean stop's shutdown checkpoint (a postmaster stopped while
+        // starting leaves the old one, short of the end of its WAL).
+        let clean = |d: &&DataDir| d.control == Control::ShutDown;
+        let checkpoint = if was_primary {
+            data_mut(self, id).pg.dir.as_ref().filter(clean).map(|d| Lsn(d.checkpoint))
+        } else {
+            None
+        };
         node_mut(self, id).ha.fenced = Some(lease.epoch);
         let release = Req::Release { epoch: lease.epoch, checkpoint };
         data_mut(self, id).lp.wait = Some(self.wait_for(id, release, Then::Exit));

@@ -19,7 +19,7 @@
 
 use crate::ha_act::Job;
 use crate::node::SimNode;
-use crate::postgres::SimPostgres;
+use crate::postgres::{Process, SimPostgres};
 use crate::rng::Fnv;
 use crate::sim::{name, Sim};
 use pgha::dcs::node::ProposeError;
@@ -27,6 +27,7 @@ use pgha::dcs::state::{ClusterState, Command, MemberStatus, Outcome, ProposalId}
 use pgha::ha::decide::{decide, Action, Decision};
 use pgha::ha::observe::{LocalPg, Observation, PgRole};
 use pgha::ha::run::status_of;
+use pgha::ha::sync::{self, Standby, SyncStep};
 use pgha::pg::probe::PgProbe;
 use pgha::types::{LeaseEpoch, Lsn, MemberName};
 use std::time::Duration;
@@ -55,6 +56,10 @@ pub enum Then {
     Nothing,
     /// Shutdown: the process exits after its release.
     Exit,
+    /// A running primary's renewal: extend the fence, then `maintain_sync`.
+    MaintainSync,
+    /// A synchronous standby set was published: carry on with the planned steps.
+    SyncStep,
 }
 
 /// What the loop is blocked on. Times are the member's local microseconds.
@@ -81,6 +86,11 @@ pub struct LoopState {
     /// The outcome of the awaited proposal, applied in this Ready.
     pub resolved: Option<Outcome>,
     pub shutting_down: bool,
+    /// `maintain_sync`'s steps not carried out yet, in order.
+    sync_steps: Vec<SyncStep>,
+    /// `HaLoop::sync_named_at`: the primary's end of WAL when its named standbys were first
+    /// all synchronous.
+    sync_named_at: Option<Lsn>,
 }
 
 /// A data member: its Postgres (the data directory survives crashes) and pgha's loop state.
@@ -177,13 +187,14 @@ fn probe_of(pg: &LocalPg) -> Option<PgProbe> {
 fn wake_key(s: &ClusterState) -> u64 {
     let members: Vec<_> = s.members.values().map(|m| (&m.name, &m.pg_address, &m.tags, m.witness)).collect();
     let key = format!(
-        "{:?}{:?}{}{members:?}{}{}{}",
+        "{:?}{:?}{}{members:?}{}{}{}{:?}",
         s.initialize.as_ref().map(|i| (&i.bootstrapper, &i.system_identifier)),
         s.lease.as_ref().map(|l| (&l.holder, l.epoch)),
         s.last_epoch,
         s.config_version,
         s.switchover.is_some(),
-        s.history.len()
+        s.history.len(),
+        s.sync
     );
     Fnv::of(key.as_bytes())
 }
@@ -352,17 +363,121 @@ impl Sim {
                 self.crash(id);
                 return;
             }
-            (Then::ExtendFence, Ok(Outcome::Rejected { reason })) => {
+            (Then::ExtendFence | Then::MaintainSync, Ok(Outcome::Rejected { reason })) => {
                 Err(format!("lease request rejected: {reason}"))
             }
             (Then::ExtendFence, Ok(_)) => {
                 self.extend_fence(id);
                 Ok(())
             }
+            (Then::MaintainSync, Ok(_)) => {
+                self.extend_fence(id);
+                let r = self.maintain_sync(id);
+                return self.go_on(id, r);
+            }
+            (Then::SyncStep, Ok(Outcome::Rejected { reason })) => {
+                data_mut(self, id).lp.sync_steps.clear();
+                Err(format!("the synchronous standbys were not published: {reason}"))
+            }
+            (Then::SyncStep, Ok(_)) => {
+                let r = self.run_sync_steps(id);
+                return self.go_on(id, r);
+            }
             (Then::Nothing, Ok(Outcome::Rejected { reason })) => Err(format!("rejected: {reason}")),
             (_, r) => r.map(drop),
         };
         self.end_iteration(id, r);
+    }
+
+    /// `HaLoop::maintain_sync` on a primary that just renewed: plan with the real
+    /// `ha::sync::plan` from the standbys streaming from it, then carry the steps out.
+    fn maintain_sync(&mut self, id: u64) -> Result<Option<Wait>, String> {
+        let Some(c) = self.nodes[&id].core.as_ref().and_then(|core| core.state()).cloned() else {
+            return Ok(None);
+        };
+        let data = &self.nodes[&id].data.as_ref().expect("data").pg;
+        if !data.writable() {
+            return Ok(None);
+        }
+        let names = data.sync_names.clone();
+        let my_end = Lsn(data.end().unwrap_or(0));
+        let standbys: Vec<Standby> = self
+            .nodes
+            .values()
+            .filter(|n| n.id != id)
+            .filter_map(|n| {
+                let d = n.data.as_ref()?;
+                let Process::Running { primary: false, upstream: Some(u), streaming, .. } = d.pg.process
+                else {
+                    return None;
+                };
+                let m = c.members.get(&n.name)?;
+                (u == id).then(|| Standby {
+                    name: n.name.clone(),
+                    streaming,
+                    sync: streaming && names.names().is_some_and(|s| s.contains(&n.name)),
+                    flush: d.pg.end().map(Lsn),
+                    allowed: !m.witness && !m.removing && !m.tags.nosync && !m.tags.nofailover,
+                })
+            })
+            .collect();
+        let lp = &mut data_mut(self, id).lp;
+        if let Some(named) = names.names() {
+            let all_sync = named.iter().all(|n| standbys.iter().any(|s| &s.name == n && s.sync));
+            if all_sync && lp.sync_named_at.is_none() {
+                lp.sync_named_at = Some(my_end);
+            }
+        }
+        let steps = sync::plan(&sync::Inputs {
+            mode: c.config.synchronous_mode,
+            strict: c.config.synchronous_mode_strict,
+            count: c.config.synchronous_node_count as usize,
+            published: &c.sync,
+            postgres: &names,
+            named_at: lp.sync_named_at,
+            standbys: &standbys,
+            primary_lsn: my_end,
+        });
+        lp.sync_steps = steps;
+        self.run_sync_steps(id)
+    }
+
+    /// The next planned synchronous step: Postgres's setting at once (a reload), a
+    /// publication through Raft (the loop waits for it).
+    fn run_sync_steps(&mut self, id: u64) -> Result<Option<Wait>, String> {
+        let me = name(id);
+        loop {
+            let data = data_mut(self, id);
+            if data.lp.sync_steps.is_empty() {
+                return Ok(None);
+            }
+            match data.lp.sync_steps.remove(0) {
+                SyncStep::SetPostgres(names) => {
+                    if !data.pg.writable() {
+                        data.lp.sync_steps.clear();
+                        return Err("cannot reload Postgres: not running as primary".into());
+                    }
+                    if names != data.pg.sync_names {
+                        data.lp.sync_named_at = None;
+                    }
+                    let text = format!("sync: synchronous_standby_names = {:?}", names.render());
+                    data.pg.sync_names = names;
+                    self.note(id, text);
+                }
+                SyncStep::Publish(sync) => {
+                    let state = self.nodes[&id].core.as_ref().and_then(|core| core.state());
+                    let Some(epoch) =
+                        state.and_then(|s| s.lease.as_ref()).filter(|l| l.holder == me).map(|l| l.epoch)
+                    else {
+                        data_mut(self, id).lp.sync_steps.clear();
+                        return Ok(None);
+                    };
+                    self.note(id, format!("sync: publishing {sync:?}"));
+                    let command = Command::SetSync { holder: me.clone(), epoch, sync };
+                    return Ok(Some(self.wait_for(id, Req::Command(command), Then::SyncStep)));
+                }
+            }
+        }
     }
 
     /// The end of an iteration: report the status, schedule the next one.

@@ -137,8 +137,18 @@ fn run_seeds(test_name: &'static str, members: u64, default: u64) {
 }
 
 /// The HA-loop mode's seeds, as `run_seeds`.
-#[allow(clippy::disallowed_methods)] // wall time only for the printed summary
 fn run_pg_seeds(test_name: &'static str, members: u64, default: u64) {
+    run_pg_seeds_with(test_name, members, default, None)
+}
+
+/// `run_pg_seeds` with synchronous replication (mode, strict) from the start.
+#[allow(clippy::disallowed_methods)] // wall time only for the printed summary
+fn run_pg_seeds_with(
+    test_name: &'static str,
+    members: u64,
+    default: u64,
+    sync: Option<(pgha::config::dynamic::SynchronousMode, bool)>,
+) {
     let seeds: Vec<u64> = match env_u64("SIM_SEED") {
         Some(s) => vec![s],
         None => (1..=env_u64("SIM_SEEDS").unwrap_or(default)).collect(),
@@ -147,7 +157,7 @@ fn run_pg_seeds(test_name: &'static str, members: u64, default: u64) {
     let (mut steps, mut faults, mut epochs, mut virt) = (0, 0, 0, std::time::Duration::ZERO);
     let mut stats = pg_world::PgStats::default();
     for seed in &seeds {
-        let r = pg_chaos::run_seed(test_name, *seed, members);
+        let r = pg_chaos::run_seed_with(test_name, *seed, members, sync);
         steps += r.steps;
         faults += r.faults;
         epochs += r.epochs;
@@ -158,9 +168,10 @@ fn run_pg_seeds(test_name: &'static str, members: u64, default: u64) {
         stats.stale_view_promotions += r.stats.stale_view_promotions;
         stats.stuck_standbys += r.stats.stuck_standbys;
         stats.steered_starts += r.stats.steered_starts;
+        stats.protected_writes += r.stats.protected_writes;
     }
     eprintln!(
-        "{test_name}: {} seeds, {steps} steps, {faults} faults, {epochs} lease epochs, {} primaries, {} fence kills, {} promotions a fresher view would have refused, {} standbys left stuck and {} starts steered around known bugs, {} writes, {:.0} s virtual in {:.1} s",
+        "{test_name}: {} seeds, {steps} steps, {faults} faults, {epochs} lease epochs, {} primaries, {} fence kills, {} promotions a fresher view would have refused, {} standbys left stuck and {} starts steered around known bugs, {} writes ({} acknowledged synchronously), {:.0} s virtual in {:.1} s",
         seeds.len(),
         stats.promotions,
         stats.fence_kills,
@@ -168,6 +179,7 @@ fn run_pg_seeds(test_name: &'static str, members: u64, default: u64) {
         stats.stuck_standbys,
         stats.steered_starts,
         stats.writes,
+        stats.protected_writes,
         virt.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
@@ -181,6 +193,25 @@ fn three_data_members_run_the_real_decide_under_faults() {
 #[test]
 fn five_data_members_run_the_real_decide_under_faults() {
     run_pg_seeds("five_data_members_run_the_real_decide_under_faults", 5, 30);
+}
+
+#[test]
+fn no_commit_acknowledged_in_strict_synchronous_mode_is_lost() {
+    let on = pgha::config::dynamic::SynchronousMode::On;
+    run_pg_seeds_with("no_commit_acknowledged_in_strict_synchronous_mode_is_lost", 3, 100, Some((on, true)));
+}
+
+#[test]
+fn no_commit_acknowledged_outside_degraded_intervals_is_lost() {
+    let on = pgha::config::dynamic::SynchronousMode::On;
+    run_pg_seeds_with("no_commit_acknowledged_outside_degraded_intervals_is_lost", 3, 100, Some((on, false)));
+}
+
+#[test]
+fn no_commit_acknowledged_by_a_quorum_is_lost() {
+    let quorum = pgha::config::dynamic::SynchronousMode::Quorum;
+    run_pg_seeds_with("no_commit_acknowledged_by_a_quorum_is_lost", 3, 100, Some((quorum, false)));
+    run_pg_seeds_with("no_commit_acknowledged_by_a_quorum_is_lost", 5, 100, Some((quorum, false)));
 }
 
 #[test]

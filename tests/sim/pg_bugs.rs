@@ -37,10 +37,9 @@ fn isolate(sim: &mut Sim, id: u64) {
 /// `decide::diverged` and pg_rewind both say nothing to do) and would stream a history that is
 /// not its own. Found by the random runs (a standby's Postgres killed while its acquire was in
 /// flight); seen at seeds 425, 438 and 570. Patroni starts such a member as a
-/// standby and promotes it; pgha should do the same (start as a standby of nobody, then
-/// `Promote`), or refuse a free lease to a stopped standby directory.
+/// standby and promotes it; pgha now does the same (`StartStandby`, a standby of nobody, then
+/// `Promote`), and this test checks it.
 #[test]
-#[ignore = "bug: a stopped standby directory that acquires the lease is started as primary on the old timeline"]
 fn a_standby_directory_started_as_primary_forks_its_timeline() {
     let mut sim = pg_settled("a_standby_directory_started_as_primary_forks_its_timeline", |c| {
         let p = c.pg_mut();

@@ -12,12 +12,15 @@ use crate::net::{NetConfig, MS};
 use crate::pg_world::{PgConfig, PgStats};
 use crate::rng::Rng;
 use crate::sim::{Sim, SimConfig};
-use pgha::config::dynamic::DynamicConfig;
+use pgha::config::dynamic::{DynamicConfig, SynchronousMode};
+use pgha::dcs::state::Command;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Virtual time under faults per seed.
 const CHAOS: Duration = Duration::from_secs(40);
+/// Synchronous runs: from empty to a published synchronous standby, without faults.
+const WARM_UP: Duration = Duration::from_secs(120);
 /// After healing, one primary and everyone streaming from it within this.
 const LIVENESS_BOUND: Duration = Duration::from_secs(90);
 
@@ -72,15 +75,43 @@ pub fn seeded_config(test_name: &'static str, seed: u64, nodes: u64, dice: &mut 
 }
 
 pub fn run_seed(test_name: &'static str, seed: u64, nodes: u64) -> PgRunSummary {
+    run_seed_with(test_name, seed, nodes, None)
+}
+
+/// A run with synchronous replication in `mode` (strict or not) from the start;
+/// `synchronous_node_count` drawn from 1 to the number of standbys.
+pub fn run_seed_with(
+    test_name: &'static str,
+    seed: u64,
+    nodes: u64,
+    sync: Option<(SynchronousMode, bool)>,
+) -> PgRunSummary {
     let mut dice = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (nodes << 32) ^ 0x5057);
     let mut cfg = seeded_config(test_name, seed, nodes, &mut dice);
+    if let (Some((mode, strict)), Some(pg)) = (sync, cfg.pg.as_mut()) {
+        // Drawn apart from `dice`, so that the rest of the seed's run stays comparable.
+        let count = Rng::new(seed ^ 0x5C4C).range(1, nodes);
+        pg.dynamic.synchronous_mode = mode;
+        pg.dynamic.synchronous_mode_strict = strict;
+        pg.dynamic.synchronous_node_count = count as u32;
+    }
     cfg.net = NetConfig::lossy(dice.range(0, 100));
     cfg.snapshot_every = dice.range(5, 200);
     cfg.retain_entries = dice.range(0, 50);
     cfg.early_ha_per_mille = 500;
     cfg.net.fifo_links = dice.chance(500);
     let mut sim = Sim::new(cfg);
-    let end = CHAOS.as_micros() as u64;
+    if sync.is_some() {
+        // Faults from the first second often keep the cluster from bootstrapping until the
+        // liveness phase; a synchronous run first reaches a published synchronous standby.
+        let published = |s: &Sim| {
+            s.pg_converged().is_ok() && s.world.as_ref().is_some_and(|w| !w.shadow.sync.members.is_empty())
+        };
+        if !sim.run_until_true(WARM_UP, published) {
+            sim.fail(&format!("no synchronous standby published within {WARM_UP:?} without faults"));
+        }
+    }
+    let end = sim.now + CHAOS.as_micros() as u64;
     // Members to resume or restart, and when.
     let mut later: BTreeMap<u64, u64> = BTreeMap::new();
     let mut faults = 0;
@@ -93,7 +124,11 @@ pub fn run_seed(test_name: &'static str, seed: u64, nodes: u64) -> PgRunSummary 
             later.remove(&id);
         }
         sim.run_until(next);
-        inject(&mut sim, &mut dice, &mut later);
+        if sync.is_some() && dice.chance(80) {
+            change_sync_mode(&mut sim, &mut dice);
+        } else {
+            inject(&mut sim, &mut dice, &mut later);
+        }
         faults += 1;
     }
     sim.note_all("liveness phase: faults off, all healed, restarted and resumed");
@@ -117,6 +152,7 @@ pub fn run_seed(test_name: &'static str, seed: u64, nodes: u64) -> PgRunSummary 
             "no primary with every member streaming from it within {LIVENESS_BOUND:?} after healing: {why}"
         ));
     }
+    sim.check_final_primary();
     PgRunSummary {
         trace: sim.trace_hash(),
         steps: sim.steps,
@@ -127,6 +163,29 @@ pub fn run_seed(test_name: &'static str, seed: u64, nodes: u64) -> PgRunSummary 
             stuck_standbys: sim.stuck_standbys() as u64,
             ..sim.world.as_ref().expect("HA-loop mode").stats.clone()
         },
+    }
+}
+
+/// `pgha ctl edit-config` of the synchronous keys at run time, under whatever faults are on:
+/// the order of publishing and of setting Postgres must keep every acknowledged commit.
+fn change_sync_mode(sim: &mut Sim, dice: &mut Rng) {
+    let Some(leader) = sim.leader() else { return };
+    let Some(state) = sim.nodes[&leader].core.as_ref().and_then(|c| c.state()).cloned() else { return };
+    let mut config = state.config.clone();
+    config.synchronous_mode =
+        *dice.pick(&[SynchronousMode::Off, SynchronousMode::On, SynchronousMode::Quorum]).expect("modes");
+    config.synchronous_mode_strict = dice.chance(500);
+    config.synchronous_node_count = dice.range(1, sim.nodes.len() as u64) as u32;
+    let text = format!(
+        "edit-config: synchronous_mode {:?}, strict {}, synchronous_node_count {}",
+        config.synchronous_mode, config.synchronous_mode_strict, config.synchronous_node_count
+    );
+    let command = Command::SetConfig { expected_version: state.config_version, config };
+    if let Some(core) = sim.nodes.get_mut(&leader).and_then(|n| n.core.as_mut()) {
+        if core.propose(command).is_ok() {
+            sim.note_all(&text);
+            sim.pump(leader);
+        }
     }
 }
 

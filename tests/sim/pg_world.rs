@@ -1,12 +1,15 @@
 //! The data plane of the HA-loop mode and its invariants. Every `PG_TICK` of virtual time:
 //! starting postmasters become ready, clients write to every writable primary (acknowledged at
-//! once: asynchronous replication), standbys stream from their upstream when both run and can
+//! once when asynchronous, else once the synchronous standbys flushed them), standbys stream from their upstream when both run and can
 //! reach each other, and primaries checkpoint now and then. Fences fire at their exact time.
 //!
 //! Invariants (see `main.rs` for their statement): (a) at most one writable Postgres, judged
 //! from the simulated Postgres processes; (b) every promotion is of an eligible member, judged
 //! against the committed state at its grant; (c) no two origins acknowledge writes at the same
-//! LSN of the same timeline; (d) a standby never continues WAL that differs from its own.
+//! LSN of the same timeline; (d) a standby never continues WAL that differs from its own; (e)
+//! every write acknowledged while the published synchronous state was not degraded is in the
+//! WAL of every later primary (synchronous modes: a primary acknowledges a write only once the
+//! standbys its `synchronous_standby_names` counts flushed it).
 
 use crate::ha_loop::id_of;
 use crate::ha_loop::DataMember;
@@ -15,11 +18,14 @@ use crate::sim::{name, Sim};
 use pgha::config::dynamic::DynamicConfig;
 use pgha::dcs::state::{ClusterState, Command, Outcome};
 use pgha::ha::eligibility;
+use pgha::ha::sync::SyncNames;
 use pgha::types::{LeaseEpoch, Lsn, MemberName};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// How often the data plane moves (writes, streaming, starts).
 pub const PG_TICK_US: u64 = 25_000;
+/// Concurrent clients: writes waiting for synchronous standbys at most.
+const CLIENTS: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct PgConfig {
@@ -94,6 +100,20 @@ pub struct PgStats {
     pub stuck_standbys: u64,
     /// Starts as primary that the runs replaced by start-and-promote (a known bug).
     pub steered_starts: u64,
+    /// Writes acknowledged while the published synchronous state was not degraded: each
+    /// must be on every later primary (invariant (e)).
+    pub protected_writes: u64,
+}
+
+/// A stretch of WAL acknowledged while the published synchronous state promised it.
+#[derive(Clone, Debug)]
+struct Protected {
+    origin: Origin,
+    from: u64,
+    to: u64,
+    timeline: u32,
+    member: u64,
+    at_us: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -104,6 +124,8 @@ pub struct PgWorld {
     pub shadow: ClusterState,
     /// timeline -> first lsn -> acknowledged stretch
     acked: BTreeMap<u32, BTreeMap<u64, Acked>>,
+    /// Acknowledged under a synchronous promise, in order (contiguous ones merged).
+    protected: Vec<Protected>,
     pub grants: BTreeMap<LeaseEpoch, Grant>,
     promoted: BTreeSet<LeaseEpoch>,
     /// The WAL behind the last recorded primary position and the last released checkpoint.
@@ -119,6 +141,7 @@ impl PgWorld {
             origins: 0,
             shadow,
             acked: BTreeMap::new(),
+            protected: Vec::new(),
             grants: BTreeMap::new(),
             promoted: BTreeSet::new(),
             last_primary: None,
@@ -231,7 +254,14 @@ impl Sim {
             }
         }
         for id in &ids {
-            if !data(self, *id).pg.writable() {
+            if data(self, *id).pg.writable() {
+                self.acknowledge(*id);
+            }
+        }
+        for id in &ids {
+            // Clients wait for their commits: a primary whose synchronous standbys lag has at
+            // most `CLIENTS` writes in flight.
+            if !data(self, *id).pg.writable() || data(self, *id).pg.pending.len() >= CLIENTS {
                 continue;
             }
             if v.saturating_sub(data(self, *id).pg.checkpointed_at) >= cfg.checkpoint_every_us {
@@ -245,7 +275,74 @@ impl Sim {
                 continue;
             };
             let (tl, origin, from, to) = data_mut(self, *id).pg.write(bytes).expect("writable");
-            self.record_write(*id, tl, origin, from, to);
+            self.written(*id, tl, origin, from, to);
+        }
+    }
+
+    /// A write reached the primary's WAL: acknowledged at once when asynchronous, else once
+    /// its synchronous standbys flushed it.
+    fn written(&mut self, id: u64, tl: u32, origin: Origin, from: u64, to: u64) {
+        if data(self, id).pg.sync_names == SyncNames::Async && data(self, id).pg.pending.is_empty() {
+            self.ack(id, tl, origin, from, to);
+        } else {
+            data_mut(self, id).pg.pending.push((tl, origin, from, to));
+        }
+    }
+
+    /// Postgres's synchronous commit on primary `id`: how far the standbys that
+    /// `synchronous_standby_names` counts flushed its WAL (`FIRST n`: all named; `ANY k`: the
+    /// k-th furthest named; `*`: any standby).
+    fn synchronous_flush(&self, id: u64) -> u64 {
+        let flushed: BTreeMap<MemberName, u64> = self
+            .nodes
+            .values()
+            .filter(|n| n.id != id)
+            .filter_map(|n| {
+                let d = n.data.as_ref()?;
+                matches!(d.pg.process, Process::Running { primary: false, upstream: Some(u), streaming: true, .. } if u == id)
+                    .then(|| (n.name.clone(), d.pg.end().unwrap_or(0)))
+            })
+            .collect();
+        let of = |names: &BTreeSet<MemberName>| -> Vec<u64> {
+            let mut v: Vec<u64> = names.iter().map(|m| flushed.get(m).copied().unwrap_or(0)).collect();
+            v.sort_unstable_by(|a, b| b.cmp(a));
+            v
+        };
+        match &data(self, id).pg.sync_names {
+            SyncNames::Async => u64::MAX,
+            SyncNames::AnyStandby => flushed.values().copied().max().unwrap_or(0),
+            SyncNames::Named(names) => of(names).last().copied().unwrap_or(0),
+            SyncNames::Quorum { k, names } => of(names).get(k.saturating_sub(1)).copied().unwrap_or(0),
+        }
+    }
+
+    /// Acknowledges the pending writes of primary `id` that its synchronous standbys hold.
+    fn acknowledge(&mut self, id: u64) {
+        if data(self, id).pg.pending.is_empty() {
+            return;
+        }
+        let upto = self.synchronous_flush(id);
+        let pending = std::mem::take(&mut data_mut(self, id).pg.pending);
+        let (done, wait): (Vec<_>, Vec<_>) = pending.into_iter().partition(|w| w.3 <= upto);
+        data_mut(self, id).pg.pending = wait;
+        for (tl, origin, from, to) in done {
+            self.ack(id, tl, origin, from, to);
+        }
+    }
+
+    /// A client got its commit acknowledged; under a synchronous promise (the published
+    /// state not degraded) it joins the writes every later primary must hold.
+    fn ack(&mut self, id: u64, tl: u32, origin: Origin, from: u64, to: u64) {
+        self.record_write(id, tl, origin, from, to);
+        let v = self.now;
+        let w = world(self);
+        if w.shadow.sync.degraded {
+            return;
+        }
+        w.stats.protected_writes += 1;
+        match w.protected.last_mut() {
+            Some(p) if p.origin == origin && p.to == from => p.to = to,
+            _ => w.protected.push(Protected { origin, from, to, timeline: tl, member: id, at_us: v }),
         }
     }
 
@@ -419,6 +516,7 @@ impl Sim {
             let at = g.at_us as f64 / 1e6;
             self.fail(&format!("(b) n{id} becomes primary under epoch {epoch} (granted at {at:.3}s) but is ineligible: {why}"));
         }
+        self.check_protected(id, &format!("becomes primary under epoch {epoch}"));
         if let Some(why) = eligibility::blocker(s, &me, Some(Lsn(end)), wall) {
             world(self).stats.stale_view_promotions += 1;
             self.note(
@@ -427,6 +525,31 @@ impl Sim {
             );
         }
         self.note(id, format!("becomes primary under epoch {epoch} at {:?}", Lsn(end)));
+    }
+
+    /// Invariant (e): every write acknowledged under a synchronous promise is in the WAL of
+    /// `id`, a (new) primary.
+    fn check_protected(&mut self, id: u64, when: &str) {
+        let Some(mine) = data(self, id).pg.dir.as_ref().map(|d| d.wal.clone()) else { return };
+        if let Some(p) = world(self).protected.iter().find(|p| !mine.holds(p.origin, p.from, p.to)).cloned() {
+            self.fail(&format!(
+                "(e) n{id} {when} without writes acknowledged synchronously: {:?}..{:?} on timeline {}, acknowledged by n{} from {:.3}s on",
+                Lsn(p.from),
+                Lsn(p.to),
+                p.timeline,
+                p.member,
+                p.at_us as f64 / 1e6
+            ));
+        }
+    }
+
+    /// After the liveness phase: the converged primary holds every protected write.
+    pub fn check_final_primary(&mut self) {
+        let primary =
+            self.nodes.values().find(|n| n.data.as_ref().is_some_and(|d| d.pg.writable())).map(|n| n.id);
+        if let Some(id) = primary {
+            self.check_protected(id, "is the primary at the end");
+        }
     }
 
     /// A fast shutdown: the WAL senders first send everything to the standbys streaming from
@@ -455,7 +578,7 @@ impl Sim {
     /// A client's bulk write on `id`'s Postgres, acknowledged if it is writable.
     pub fn client_write(&mut self, id: u64, bytes: u64) -> bool {
         let Some((tl, origin, from, to)) = data_mut(self, id).pg.write(bytes) else { return false };
-        self.record_write(id, tl, origin, from, to);
+        self.written(id, tl, origin, from, to);
         self.note(id, format!("client: bulk write of {bytes} bytes up to {:?}", Lsn(to)));
         true
     }

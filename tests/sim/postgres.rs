@@ -25,6 +25,7 @@
 //! - pg_basebackup: a copy of the source's directory with a `backup_label`.
 
 use pgha::ha::observe::{LocalPg, PgRole};
+use pgha::ha::sync::SyncNames;
 use pgha::types::{Lsn, MemberName, Timeline};
 
 /// Who wrote a stretch of WAL: one primary run of one member.
@@ -65,6 +66,19 @@ impl Wal {
     /// Who wrote the byte at `lsn`.
     fn origin_at(&self, lsn: u64) -> Option<Origin> {
         self.runs.iter().find(|r| r.end > lsn).map(|r| r.origin)
+    }
+
+    /// Whether `[from, to)` of this WAL was written by `origin` (an acknowledged commit is
+    /// there, not just some WAL at its position).
+    pub fn holds(&self, origin: Origin, from: u64, to: u64) -> bool {
+        let mut at = from;
+        while at < to {
+            match self.runs.iter().find(|r| r.end > at) {
+                Some(r) if r.origin == origin => at = r.end,
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// The first position below `upto` where the two WALs hold different content, if any.
@@ -169,6 +183,11 @@ pub struct SimPostgres {
     pub checkpointed_at: u64,
     /// The last attempt to stream was refused by the upstream's timeline history.
     pub refused: bool,
+    /// `synchronous_standby_names` as the running server applies it (and its files say).
+    pub sync_names: SyncNames,
+    /// Written, not yet acknowledged: waiting for synchronous standbys (timeline, origin,
+    /// from, to). Lost, never acknowledged, when the server stops.
+    pub pending: Vec<(u32, Origin, u64, u64)>,
 }
 
 /// What happened when a standby tried to stream.
@@ -188,7 +207,14 @@ pub enum Stream {
 
 impl SimPostgres {
     pub fn absent() -> Self {
-        SimPostgres { dir: None, process: Process::Down, checkpointed_at: 0, refused: false }
+        SimPostgres {
+            dir: None,
+            process: Process::Down,
+            checkpointed_at: 0,
+            refused: false,
+            sync_names: SyncNames::Async,
+            pending: Vec::new(),
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -277,6 +303,7 @@ impl SimPostgres {
     /// kill -9 of the postmaster's group: no shutdown checkpoint.
     pub fn kill(&mut self) {
         self.process = Process::Down;
+        self.pending.clear();
     }
 
     /// A fast (clean) shutdown; a starting postmaster is just killed.
@@ -290,6 +317,7 @@ impl SimPostgres {
             }
         }
         self.process = Process::Down;
+        self.pending.clear();
     }
 
     /// `pg_promote()` of a running standby: a new timeline from its end of WAL.
