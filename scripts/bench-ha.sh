@@ -10,10 +10,14 @@
 #   kill_postmaster     kill -9 of the primary's postmaster alone (pgha restarts it in place)
 # Also: time from empty directories to 3 streaming nodes, RSS of pgha next to its Postgres, and
 # whether every acknowledged row survived.
-# Usage: scripts/bench-ha.sh   (ROUNDS=10; PGHA=<binary> to skip the build). Needs psql, jq.
+# SYNC_MODE=on|quorum runs everything with that synchronous_mode (figures then carry the mode
+# as a prefix, and no acknowledged row may be missing).
+# Usage: scripts/bench-ha.sh   (ROUNDS=10 SYNC_MODE=off; PGHA=<binary> to skip the build). Needs psql, jq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-10}
+SYNC_MODE=${SYNC_MODE:-off}
+case "$SYNC_MODE" in off) P= ;; on|quorum) P="sync_${SYNC_MODE}_" ;; *) echo "SYNC_MODE must be off, on or quorum" >&2; exit 2 ;; esac
 if [ -z "${PGHA:-}" ]; then
   cargo build --release --quiet
   PGHA="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/release/pgha"
@@ -57,6 +61,13 @@ healthy() { # one running leader and two streaming replicas
   cluster | jq -e '[.members[] | select((.role == "leader" and .state == "running") or (.role == "replica" and .state == "streaming"))] | length == 3' >/dev/null 2>&1
 }
 wait_healthy() { for _ in $(seq 600); do healthy && return 0; sleep 0.2; done; echo "cluster did not recover" >&2; exit 1; }
+published() { # synchronous modes: a synchronous standby (or quorum) is published
+  [ "$SYNC_MODE" = off ] || cluster | jq -e '(.synchronous_mode.sync_standbys // []) | length > 0' >/dev/null 2>&1
+}
+if [ "$SYNC_MODE" != off ]; then
+  "$PGHA" ctl --config "${CFG[1]}" edit-config --set "synchronous_mode=$SYNC_MODE" --force >/dev/null
+fi
+wait_synchronous() { wait_healthy; for _ in $(seq 600); do published && return 0; sleep 0.2; done; echo "no synchronous standby published" >&2; exit 1; }
 
 psql "$DSN" -XAtqc "CREATE TABLE IF NOT EXISTS bench_ha (n bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())"
 # The writer: each acknowledged insert is logged as "<ms> <n>".
@@ -78,13 +89,13 @@ gap_after() { # the longest pause between acknowledged inserts from $1 on, once 
 report() { # name values...
   local name=$1; shift
   local sorted; sorted=$(printf '%s\n' "$@" | sort -n)
-  echo "${name}_write_gap_median_ms: $(awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}' <<<"$sorted")"
-  echo "${name}_write_gap_worst_ms: $(tail -1 <<<"$sorted")"
+  echo "${P}${name}_write_gap_median_ms: $(awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}' <<<"$sorted")"
+  echo "${P}${name}_write_gap_worst_ms: $(tail -1 <<<"$sorted")"
 }
 
 gaps=()
 for r in $(seq "$ROUNDS"); do
-  wait_healthy; sleep 1
+  wait_synchronous; sleep 1
   p=$(primary); t=$(now_ms)
   "$PGHA" ctl --config "${CFG[$p]}" switchover --force >/dev/null
   gaps+=("$(gap_after "$t")"); echo "switchover round $r: ${gaps[-1]} ms" >&2
@@ -93,7 +104,7 @@ report switchover "${gaps[@]}"
 
 gaps=()
 for r in $(seq "$ROUNDS"); do
-  wait_healthy; sleep 1
+  wait_synchronous; sleep 1
   p=$(primary); t=$(now_ms)
   kill -9 "${PID[$p]}"
   gaps+=("$(gap_after "$t")"); echo "kill_primary_node round $r: node$p, ${gaps[-1]} ms" >&2
@@ -104,7 +115,7 @@ report kill_primary_node "${gaps[@]}"
 
 gaps=()
 for r in $(seq "$ROUNDS"); do
-  wait_healthy; sleep 1
+  wait_synchronous; sleep 1
   p=$(primary); t=$(now_ms)
   kill -9 "$(head -1 "${DATA[$p]}/postmaster.pid")"
   gaps+=("$(gap_after "$t")"); echo "kill_postmaster round $r: node$p, ${gaps[-1]} ms" >&2
@@ -115,8 +126,12 @@ wait_healthy; sleep 2
 kill "$writer_pid"; wait "$writer_pid" 2>/dev/null || true; writer_pid=
 acked=$(wc -l < "$work/acks")
 missing=$(awk '{print $2}' "$work/acks" | psql "$DSN" -XAtq -c "CREATE TEMP TABLE a (n bigint)" -c "COPY a FROM STDIN" -c "SELECT count(*) FROM a LEFT JOIN bench_ha USING (n) WHERE bench_ha.n IS NULL" | tail -1)
-echo "acknowledged_writes: $acked"
-echo "acknowledged_writes_missing_after_all_rounds: $missing   (asynchronous replication: a crash may lose the last unreplicated commits)"
+echo "${P}acknowledged_writes: $acked"
+if [ "$SYNC_MODE" = off ]; then
+  echo "acknowledged_writes_missing_after_all_rounds: $missing   (asynchronous replication: a crash may lose the last unreplicated commits)"
+else
+  echo "${P}acknowledged_writes_missing_after_all_rounds: $missing"
+fi
 p=$(primary)
 pg_pid=$(head -1 "${DATA[$p]}/postmaster.pid")
 echo "pgha_rss_mib: $(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/${PID[$p]}/status")"

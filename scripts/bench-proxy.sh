@@ -65,7 +65,7 @@ haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
 haproxy_pid=$!
 sleep 1
 
-echo "primary: $leader (Postgres port $PGPORT, pgha writer port $PROXY, HAProxy port $HAPORT); ${ROUNDS} rounds of ${T} s"
+echo "primary: $leader (Postgres port $PGPORT, pgha writer port $PROXY, HAProxy port $HAPORT); ${ROUNDS} rounds of ${T} s" >&2
 "$PGBENCH" -i -q -s 10 -p "$PGPORT" >/dev/null 2>"$work/pgbench-init.err" || { cat "$work/pgbench-init.err" >&2; exit 1; }
 
 declare -A PORT=([direct]=$PGPORT [pgha]=$PROXY [haproxy]=$HAPORT)
@@ -78,7 +78,7 @@ latency() { # port args... -> average ms
   local port=$1; shift
   "$PGBENCH" -n -p "$port" -T "$T" "$@" 2>>"$work/pgbench.err" | awk '/^latency average/ {print $4; exit}' || { echo "pgbench failed on port $port:" >&2; tail -3 "$work/pgbench.err" >&2; exit 1; }
 }
-run() { # label kind args...
+run() { # name kind args...: `name_{direct,pgha,haproxy}` and ratios (tps) or added ms (latency)
   local label=$1 kind=$2; shift 2
   declare -A got=([direct]="" [pgha]="" [haproxy]="")
   for _ in $(seq "$ROUNDS"); do
@@ -88,19 +88,19 @@ run() { # label kind args...
   done
   local d p h
   d=$(median ${got[direct]}); p=$(median ${got[pgha]}); h=$(median ${got[haproxy]})
-  echo "$label: direct $d, pgha $p, haproxy $h"
+  printf '%s_direct: %s\n%s_pgha: %s\n%s_haproxy: %s\n' "$label" "$d" "$label" "$p" "$label" "$h"
   if [ "$kind" = tps ]; then
-    awk -v d="$d" -v p="$p" -v h="$h" -v l="$label" 'BEGIN {printf "%s ratios: pgha/direct %.3f, haproxy/direct %.3f, pgha/haproxy %.3f\n", l, p / d, h / d, p / h}'
+    awk -v d="$d" -v p="$p" -v h="$h" -v l="$label" 'BEGIN {printf "%s_pgha_vs_direct: %.3f\n%s_haproxy_vs_direct: %.3f\n%s_pgha_vs_haproxy: %.3f\n", l, p / d, l, h / d, l, p / h}'
   else
-    awk -v d="$d" -v p="$p" -v h="$h" -v l="$label" 'BEGIN {printf "%s added per connection+transaction: pgha %+.3f ms, haproxy %+.3f ms\n", l, p - d, h - d}'
+    awk -v d="$d" -v p="$p" -v h="$h" -v l="$label" 'BEGIN {printf "%s_pgha_added_ms: %+.3f\n%s_haproxy_added_ms: %+.3f\n", l, p - d, l, h - d}'
   fi
 }
-run "select-only tps (-S -c 8 -j 2)" tps -S -c 8 -j 2
-run "tpc-b tps (-c 8 -j 2)" tps -c 8 -j 2
-run "connect per transaction latency ms (-C -S -c 4 -j 2)" latency -C -S -c 4 -j 2
+run proxy_select_only_tps tps -S -c 8 -j 2                # pgbench -S -c 8 -j 2
+run proxy_tpcb_tps tps -c 8 -j 2                          # pgbench -c 8 -j 2
+run proxy_connect_per_transaction_ms latency -C -S -c 4 -j 2
 
 # Round-trip cost: single client, select-only, latency per transaction.
-run "single-client latency ms (-S -c 1)" latency -S -c 1
+run proxy_single_client_latency_ms latency -S -c 1
 
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 before=$(rss "$PID")
@@ -123,4 +123,7 @@ sleep 3
 open=$(curl -sf --cacert "$CA" "https://$(grep -E "^$leader: pid" "$work/demo.out" | awk '{print $6}' | sed 's|https://||')/metrics" \
   | awk '/^pgha_proxy_connections\{.*port="writer"/ {print $2}')
 with=$(rss "$PID")
-echo "pgha RSS: idle ${before} KiB; with ${open} open client connections on the writer port ${with} KiB ($(( (with - before) * 1024 / 1000 )) bytes per connection)"
+echo "proxy_pgha_rss_idle_kib: ${before}"
+echo "proxy_open_client_connections: ${open}"
+echo "proxy_pgha_rss_with_open_connections_kib: ${with}"
+echo "proxy_bytes_per_idle_connection: $(( (with - before) * 1024 / 1000 ))"
