@@ -31,18 +31,18 @@ impl St {
         ))
     }
     fn three() -> St {
-        let mut s = St::one();
-        for (i, n) in ["n2", "n3"].iter().enumerate() {
+        St::one().join(&["n2", "n3"], 2000)
+    }
+    /// These members join with tokens, their ports from `port` on.
+    fn join(mut self, names: &[&str], port: u16) -> St {
+        for (i, n) in names.iter().enumerate() {
             let h = format!("tok{n}");
-            s.0.apply(Command::CreateToken { hash: h.clone(), expires_at_ms: 100 });
-            let out = s.0.apply(Command::Join {
-                token_hash: h,
-                now_ms: 1,
-                member: new_member(n, 2000 + 10 * i as u16),
-            });
+            self.0.apply(Command::CreateToken { hash: h.clone(), expires_at_ms: 100 });
+            let member = new_member(n, port + 10 * i as u16);
+            let out = self.0.apply(Command::Join { token_hash: h, now_ms: 1, member });
             assert!(matches!(out, Outcome::Joined { .. }));
         }
-        s
+        self
     }
     fn held(mut self, holder: &str, epoch: u64, renewal: u64) -> St {
         self.0.last_epoch = LeaseEpoch(epoch);
@@ -385,6 +385,25 @@ fn a_member_has_at_most_one_scheduled_restart() {
     }
 }
 
+/// `candidate` at `lsn` acquires the lease that expired at epoch 4: `lease_granted` or the
+/// rejection's reason.
+fn acquire_kind(s: &mut ClusterState, candidate: &str, lsn: u64) -> String {
+    let out = s.apply(Command::AcquireLease {
+        candidate: name(candidate),
+        expected_epoch: LeaseEpoch(4),
+        ttl_ms: 10_000,
+        renewal: 1,
+        lsn: Some(Lsn(lsn)),
+    });
+    match &out {
+        Outcome::LeaseGranted { .. } => "lease_granted".to_string(),
+        Outcome::Rejected { reason } => {
+            serde_json::to_value(reason).unwrap()["reason"].as_str().unwrap().to_string()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
 #[test]
 fn synchronous_standbys_gate_an_acquire_after_expiry() {
     let sync = |members: &[&str], degraded: bool, min_lsn: Option<u64>| SyncState {
@@ -408,21 +427,7 @@ fn synchronous_standbys_gate_an_acquire_after_expiry() {
         let mut s = St::three().free_after(4).0;
         s.sync = published;
         s.release_checkpoint = checkpoint.map(Lsn);
-        let out = s.apply(Command::AcquireLease {
-            candidate: name(candidate),
-            expected_epoch: LeaseEpoch(4),
-            ttl_ms: 10_000,
-            renewal: 1,
-            lsn: Some(Lsn(lsn)),
-        });
-        let kind = match &out {
-            Outcome::LeaseGranted { .. } => "lease_granted".to_string(),
-            Outcome::Rejected { reason } => {
-                serde_json::to_value(reason).unwrap()["reason"].as_str().unwrap().to_string()
-            }
-            other => format!("{other:?}"),
-        };
-        assert_eq!(kind, want, "{case}");
+        assert_eq!(acquire_kind(&mut s, candidate, lsn), want, "{case}");
         if want == "lease_granted" {
             assert!(
                 !s.sync.members.contains(&name(candidate)),
@@ -465,18 +470,7 @@ fn only_the_lease_holder_publishes_synchronous_standbys() {
 /// Five data members n1..n5; n1's lease of epoch 4 expired; it had published `ANY k` of
 /// n2..n5.
 fn quorum_after_expiry(k: u32) -> St {
-    let mut s = St::three();
-    for (i, n) in ["n4", "n5"].iter().enumerate() {
-        let h = format!("tok{n}");
-        s.0.apply(Command::CreateToken { hash: h.clone(), expires_at_ms: 100 });
-        let out = s.0.apply(Command::Join {
-            token_hash: h,
-            now_ms: 1,
-            member: new_member(n, 3000 + 10 * i as u16),
-        });
-        assert!(matches!(out, Outcome::Joined { .. }));
-    }
-    let mut s = s.free_after(4);
+    let mut s = St::three().join(&["n4", "n5"], 3000).free_after(4);
     let standbys = ["n2", "n3", "n4", "n5"].iter().map(|m| name(m)).collect();
     s.0.sync = SyncState { leader: Some(name("n1")), ..SyncState::any(k as usize, standbys) };
     s
@@ -515,21 +509,7 @@ fn a_quorum_standby_takes_over_only_at_the_highest_of_enough_final_records() {
         for (m, lsn) in &records {
             assert_eq!(s.apply(record(m, 4, *lsn)), Outcome::Accepted, "{case}: record of {m}");
         }
-        let out = s.apply(Command::AcquireLease {
-            candidate: name(candidate),
-            expected_epoch: LeaseEpoch(4),
-            ttl_ms: 10_000,
-            renewal: 1,
-            lsn: Some(Lsn(500)),
-        });
-        let kind = match &out {
-            Outcome::LeaseGranted { .. } => "lease_granted".to_string(),
-            Outcome::Rejected { reason } => {
-                serde_json::to_value(reason).unwrap()["reason"].as_str().unwrap().to_string()
-            }
-            other => format!("{other:?}"),
-        };
-        assert_eq!(kind, want, "{case}");
+        assert_eq!(acquire_kind(&mut s, candidate, 500), want, "{case}");
     }
 }
 

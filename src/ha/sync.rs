@@ -252,6 +252,36 @@ mod tests {
         Standby { name: n(name), streaming, sync, flush: Some(Lsn(flush)), allowed: true }
     }
 
+    /// (case, mode, strict, count, published, postgres, named_at, standbys, steps)
+    type Case = (
+        &'static str,
+        SynchronousMode,
+        bool,
+        usize,
+        SyncState,
+        SyncNames,
+        Option<u64>,
+        Vec<Standby>,
+        Vec<SyncStep>,
+    );
+
+    /// Plans every case with the primary at 700 and compares the steps.
+    fn check(cases: Vec<Case>) {
+        for (case, mode, strict, count, published, postgres, named_at, standbys, want) in cases {
+            let i = Inputs {
+                mode,
+                strict,
+                count,
+                published: &published,
+                postgres: &postgres,
+                named_at: named_at.map(Lsn),
+                standbys: &standbys,
+                primary_lsn: Lsn(700),
+            };
+            assert_eq!(plan(&i), want, "{case}");
+        }
+    }
+
     #[test]
     fn names_render_as_postgres_reads_them() {
         assert_eq!(SyncNames::Async.render(), None);
@@ -313,21 +343,11 @@ mod tests {
     fn quorum_steps_keep_every_acknowledged_commit_on_k_of_the_published_set() {
         use SyncStep::{Publish, SetPostgres};
         let quorum = SynchronousMode::Quorum;
-        // (case, mode, count, published, postgres, named_at, standbys, steps)
-        type Case = (
-            &'static str,
-            SynchronousMode,
-            usize,
-            SyncState,
-            SyncNames,
-            Option<u64>,
-            Vec<Standby>,
-            Vec<SyncStep>,
-        );
         let cases: Vec<Case> = vec![
             (
                 "turned on: ANY 1 of every streaming standby, nothing published yet",
                 quorum,
+                false,
                 1,
                 SyncState::default(),
                 SyncNames::Async,
@@ -342,6 +362,7 @@ mod tests {
             (
                 "all named caught up: publish ANY 1 of them",
                 quorum,
+                false,
                 1,
                 SyncState::default(),
                 any(1, &["b", "c"]),
@@ -352,6 +373,7 @@ mod tests {
             (
                 "one named not caught up: wait",
                 quorum,
+                false,
                 1,
                 SyncState::default(),
                 any(1, &["b", "c"]),
@@ -362,6 +384,7 @@ mod tests {
             (
                 "steady: nothing",
                 quorum,
+                false,
                 1,
                 quorum_of(1, &["b", "c"]),
                 any(1, &["b", "c"]),
@@ -372,6 +395,7 @@ mod tests {
             (
                 "count above the standbys: ANY of all of them",
                 quorum,
+                false,
                 3,
                 SyncState::default(),
                 SyncNames::Async,
@@ -382,6 +406,7 @@ mod tests {
             (
                 "ANY 1 of 2 loses one: the other is not known to hold anything, publish that first",
                 quorum,
+                false,
                 1,
                 quorum_of(1, &["b", "c"]),
                 any(1, &["b", "c"]),
@@ -392,6 +417,7 @@ mod tests {
             (
                 "ANY 2 of 3 loses one: the other two hold each commit at least once",
                 quorum,
+                false,
                 2,
                 quorum_of(2, &["b", "c", "d"]),
                 any(2, &["b", "c", "d"]),
@@ -402,6 +428,7 @@ mod tests {
             (
                 "a standby joins ANY 1 of 2: the published ones are not sure to hold new commits",
                 quorum,
+                false,
                 1,
                 quorum_of(1, &["b", "c"]),
                 any(1, &["b", "c"]),
@@ -416,6 +443,7 @@ mod tests {
             (
                 "quorum to on: FIRST 1 of the published, claim nothing until it caught up",
                 SynchronousMode::On,
+                false,
                 1,
                 quorum_of(1, &["b", "c"]),
                 any(1, &["b", "c"]),
@@ -426,6 +454,7 @@ mod tests {
             (
                 "on to quorum: b keeps holding every commit while c joins",
                 quorum,
+                false,
                 1,
                 published(&["b"], false),
                 named(&["b"]),
@@ -436,6 +465,7 @@ mod tests {
             (
                 "on (FIRST 2) to quorum ANY 1 of the same two: each commit is still on one of them",
                 quorum,
+                false,
                 1,
                 published(&["b", "c"], false),
                 named(&["b", "c"]),
@@ -446,6 +476,7 @@ mod tests {
             (
                 "no standby left, non-strict: degrade",
                 quorum,
+                false,
                 1,
                 quorum_of(1, &["b", "c"]),
                 any(1, &["b", "c"]),
@@ -454,37 +485,13 @@ mod tests {
                 vec![Publish(degraded_at(700)), SetPostgres(SyncNames::Async)],
             ),
         ];
-        for (case, mode, count, published, postgres, named_at, standbys, want) in cases {
-            let i = Inputs {
-                mode,
-                strict: false,
-                count,
-                published: &published,
-                postgres: &postgres,
-                named_at: named_at.map(Lsn),
-                standbys: &standbys,
-                primary_lsn: Lsn(700),
-            };
-            assert_eq!(plan(&i), want, "{case}");
-        }
+        check(cases);
     }
 
     #[test]
     fn steps_keep_the_published_set_behind_postgres() {
         use SyncStep::{Publish, SetPostgres};
         let on = SynchronousMode::On;
-        // (case, mode, strict, count, published, postgres, named_at, standbys, steps)
-        type Case = (
-            &'static str,
-            SynchronousMode,
-            bool,
-            usize,
-            SyncState,
-            SyncNames,
-            Option<u64>,
-            Vec<Standby>,
-            Vec<SyncStep>,
-        );
         let cases: Vec<Case> = vec![
             (
                 "off and asynchronous: nothing to do",
@@ -656,18 +663,6 @@ mod tests {
                 vec![Publish(degraded_at(700)), SetPostgres(SyncNames::Async)],
             ),
         ];
-        for (case, mode, strict, count, published, postgres, named_at, standbys, want) in cases {
-            let i = Inputs {
-                mode,
-                strict,
-                count,
-                published: &published,
-                postgres: &postgres,
-                named_at: named_at.map(Lsn),
-                standbys: &standbys,
-                primary_lsn: Lsn(700),
-            };
-            assert_eq!(plan(&i), want, "{case}");
-        }
+        check(cases);
     }
 }
