@@ -14,6 +14,8 @@ pub const DEFAULT_LOOP_WAIT_S: u64 = 1;
 pub const DEFAULT_RETRY_TIMEOUT_S: u64 = 1;
 /// Patroni's default: 1 MiB.
 pub const DEFAULT_MAX_LAG_ON_FAILOVER: u64 = 1024 * 1024;
+/// Patroni's `primary_start_timeout` default.
+pub const DEFAULT_PRIMARY_START_TIMEOUT_S: u64 = 300;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +72,10 @@ pub struct DynamicConfig {
     pub postgresql: DynamicPostgresql,
     /// Pause mode: no automatic action (fencing still applies).
     pub pause: bool,
+    /// Seconds a lease holder may fail to get its Postgres running as primary (a crash it
+    /// cannot restart from, a full disk) before it hands the lease to a running replica
+    /// (Patroni's key and default; 0: at once).
+    pub primary_start_timeout: u64,
 }
 
 impl Default for DynamicConfig {
@@ -84,6 +90,7 @@ impl Default for DynamicConfig {
             synchronous_node_count: 1,
             postgresql: DynamicPostgresql::default(),
             pause: false,
+            primary_start_timeout: DEFAULT_PRIMARY_START_TIMEOUT_S,
         }
     }
 }
@@ -127,6 +134,7 @@ impl DynamicConfig {
         range("loop_wait", self.loop_wait, 1, 600)?;
         range("retry_timeout", self.retry_timeout, 1, 600)?;
         range("synchronous_node_count", self.synchronous_node_count as u64, 1, 64)?;
+        range("primary_start_timeout", self.primary_start_timeout, 0, 86_400)?;
         if self.ttl <= self.loop_wait + self.retry_timeout + safety_margin_s {
             return Err(DynamicConfigError::TtlTooShort {
                 ttl: self.ttl,

@@ -104,6 +104,7 @@ pub enum Reason {
     NothingToFollow,
     Paused,
     RecordingFinalLsn { epoch: LeaseEpoch },
+    PrimaryStartTimedOut { seconds: u64 },
 }
 
 impl fmt::Display for Reason {
@@ -149,6 +150,10 @@ impl fmt::Display for Reason {
             Ineligible(why) => write!(f, "the lease is free but I may not take it: {why}"),
             NothingToFollow => write!(f, "no primary to follow"),
             Paused => write!(f, "paused: no automatic action"),
+            PrimaryStartTimedOut { seconds } => write!(
+                f,
+                "my Postgres has not run as primary for primary_start_timeout ({seconds} s) while a replica runs: handing the lease over"
+            ),
             RecordingFinalLsn { epoch } => write!(
                 f,
                 "lease epoch {epoch} expired and I am a quorum standby: stopping my WAL receiver to record my final position"
@@ -320,6 +325,9 @@ pub fn decide(obs: &Observation) -> Decision {
         if paused && matches!(pg, LocalPg::Stopped { .. } | LocalPg::Absent) {
             return d(Action::RenewLease { epoch }, Reason::Paused);
         }
+        if let Some(give_up) = start_timed_out(obs, epoch) {
+            return give_up;
+        }
         return renew_or_start(pg, epoch, Reason::Primary { epoch });
     }
 
@@ -331,9 +339,9 @@ pub fn decide(obs: &Observation) -> Decision {
     match (holder, c.lease.as_ref()) {
         // 2. The state names me but my clock gives me nothing (restart, failing renewals):
         //    try to renew; Postgres stays down or standby until the renewal is accepted.
-        (Some(h), Some(l)) if h == obs.me => {
+        (Some(h), Some(l)) if h == obs.me => start_timed_out(obs, l.epoch).unwrap_or_else(|| {
             d(Action::RenewLease { epoch: l.epoch }, Reason::RegainingLease { epoch: l.epoch })
-        }
+        }),
         // 3. Someone else is primary: follow it.
         (Some(h), _) => follow(c, obs.me, h, pg, paused),
         // 4. Free.
@@ -392,6 +400,47 @@ fn renew_or_start(pg: &LocalPg, epoch: LeaseEpoch, reason: Reason) -> Decision {
             d(Action::ReleaseLease { epoch, checkpoint: None }, Reason::NoDataWithLease { epoch })
         }
     }
+}
+
+/// A holder of `epoch` that cannot get its Postgres up as primary (a crash it cannot recover
+/// from, a full disk) would keep the cluster without a primary for as long as that lasts:
+/// after `primary_start_timeout`, with a running replica to take over, it stops trying and
+/// hands the lease over (Postgres stopped first; no checkpoint, so the expiry rules choose).
+fn start_timed_out(obs: &Observation, epoch: LeaseEpoch) -> Option<Decision> {
+    let (c, pg) = (obs.cluster, obs.pg);
+    let timeout_ms = c.config.primary_start_timeout.saturating_mul(1000);
+    let due = !c.config.pause
+        && !pg.is_running_primary()
+        && obs.primary_down_ms.is_some_and(|down| down >= timeout_ms)
+        && has_failover_candidate(c, obs.me, obs.wall_now_ms);
+    if !due {
+        return None;
+    }
+    let reason = Reason::PrimaryStartTimedOut { seconds: c.config.primary_start_timeout };
+    Some(match pg {
+        LocalPg::Starting | LocalPg::Running { .. } => d(Action::Stop { mode: StopMode::Immediate }, reason),
+        LocalPg::Stopped { .. } | LocalPg::Absent => {
+            d(Action::ReleaseLease { epoch, checkpoint: None }, reason)
+        }
+    })
+}
+
+/// Another data member that may take over after a release without checkpoint: its Postgres
+/// runs as a replica (streaming or not: the primary is down), it is not `nofailover`, and the
+/// synchronous rules let it.
+fn has_failover_candidate(c: &ClusterState, me: &MemberName, now: u64) -> bool {
+    c.members.values().any(|m| {
+        &m.name != me
+            && !m.witness
+            && !m.tags.nofailover
+            && m.tags.failover_priority != Some(0)
+            && m.status.as_ref().is_some_and(|s| {
+                matches!(s.state.as_str(), "streaming" | "running")
+                    && s.role == "replica"
+                    && now.saturating_sub(s.updated_at_ms) <= eligibility::STATUS_FRESH_MS
+                    && eligibility::sync_blocker(c, &m.name, s.replay_lsn.or(s.receive_lsn)).is_none()
+            })
+    })
 }
 
 fn has_switchover_candidate(

@@ -92,4 +92,7 @@ pub struct Observation<'a> {
     /// `watchdog.mode: required` and the watchdog does not work: this member may not become
     /// primary (it must not bootstrap nor take a free lease).
     pub watchdog_blocks: bool,
+    /// Milliseconds this member has held a valid lease without its Postgres running as
+    /// primary (`None`: it is not such a holder).
+    pub primary_down_ms: Option<u64>,
 }

@@ -139,6 +139,8 @@ pub struct HaLoop {
     /// The primary's WAL position when the standbys named in `sync_names` were first seen
     /// synchronous; they are published once they flushed up to it.
     pub(super) sync_named_at: Option<crate::types::Lsn>,
+    /// Since when this member has held a valid lease without its Postgres running as primary.
+    primary_down_since: Option<clock::BootInstant>,
 }
 
 impl HaLoop {
@@ -173,6 +175,7 @@ impl HaLoop {
             slots: None,
             sync_names: SyncNames::Async,
             sync_named_at: None,
+            primary_down_since: None,
         };
         (ha, api_side)
     }
@@ -208,6 +211,15 @@ impl HaLoop {
                 self.disarm_fence();
             }
             let now_ms = clock::wall_now_ms();
+            // The state naming me holder is what counts: a holder failing to start its
+            // Postgres also lets its own deadline lapse between renewals.
+            let holding = cluster.lease.as_ref().is_some_and(|l| l.holder == self.me);
+            let now = clock::boot_now();
+            self.primary_down_since = match self.primary_down_since {
+                _ if !holding || pg.is_running_primary() => None,
+                Some(since) => Some(since),
+                None => Some(now),
+            };
             let obs = Observation {
                 me: &self.me,
                 cluster: &cluster,
@@ -215,6 +227,7 @@ impl HaLoop {
                 pg: &pg,
                 wall_now_ms: now_ms,
                 watchdog_blocks: self.watchdog_blocks(),
+                primary_down_ms: self.primary_down_since.map(|t| now.saturating_since(t).as_millis() as u64),
             };
             // Decide.
             let decision = decide(&obs);

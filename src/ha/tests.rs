@@ -24,6 +24,7 @@ struct Case {
     deadline: bool,
     pg: LocalPg,
     watchdog_blocks: bool,
+    primary_down_ms: Option<u64>,
 }
 
 fn running(role: PgRole, lsn: u64, upstream: Option<&str>) -> LocalPg {
@@ -121,7 +122,14 @@ impl Case {
             secrets: Default::default(),
             sync: Default::default(),
         };
-        Case { state, me: n("n2"), deadline: false, pg: replica_of("n1", 100), watchdog_blocks: false }
+        Case {
+            state,
+            me: n("n2"),
+            deadline: false,
+            pg: replica_of("n1", 100),
+            watchdog_blocks: false,
+            primary_down_ms: Option::None,
+        }
     }
     fn me(mut self, m: &str) -> Self {
         self.me = n(m);
@@ -226,6 +234,11 @@ impl Case {
         };
         self
     }
+    /// I have held the lease this long without my Postgres running as primary.
+    fn down_for(mut self, ms: u64) -> Self {
+        self.primary_down_ms = Some(ms);
+        self
+    }
     /// The published synchronous state is of `leader`'s commits.
     fn sync_leader(mut self, leader: &str) -> Self {
         self.state.sync.leader = Some(n(leader));
@@ -250,6 +263,7 @@ impl Case {
             pg: &self.pg,
             wall_now_ms: NOW,
             watchdog_blocks: self.watchdog_blocks,
+            primary_down_ms: self.primary_down_ms,
         })
     }
 }
@@ -356,6 +370,42 @@ fn decisions() {
             "acquired as a replica: promote",
             Case::three().held("n2", 4, true).pg(replica_of("n1", 400)),
             Promote,
+        ),
+        (
+            "holder whose Postgres keeps failing to start, past primary_start_timeout, a replica runs: hand over",
+            Case::three().me("n1").held("n1", 3, true).status("n2", "running", 400).down_for(300_000).pg(crashed(1, 300)),
+            ReleaseLease { epoch: e(3), checkpoint: Option::None },
+        ),
+        (
+            "the same while its Postgres is starting again: stop it first",
+            Case::three().me("n1").held("n1", 3, true).status("n2", "running", 400).down_for(300_000).pg(LocalPg::Starting),
+            Stop { mode: StopMode::Immediate },
+        ),
+        (
+            "the same between renewals (no valid deadline): hand over too",
+            Case::three().me("n1").held("n1", 3, false).status("n2", "running", 400).down_for(400_000).pg(crashed(1, 300)),
+            ReleaseLease { epoch: e(3), checkpoint: Option::None },
+        ),
+        (
+            "before primary_start_timeout: restart in place",
+            Case::three().me("n1").held("n1", 3, true).status("n2", "running", 400).down_for(299_999).pg(crashed(1, 300)),
+            StartPrimary,
+        ),
+        (
+            "past primary_start_timeout without a running replica: keep trying",
+            Case::three().me("n1").held("n1", 3, true).status("n2", "stopped", 400).down_for(300_000).pg(crashed(1, 300)),
+            StartPrimary,
+        ),
+        (
+            "past primary_start_timeout, only an asynchronous replica in synchronous mode: keep trying",
+            Case::three()
+                .me("n1")
+                .held("n1", 3, true)
+                .sync(&["n3"], false, Option::None)
+                .status("n2", "running", 400)
+                .down_for(300_000)
+                .pg(crashed(1, 300)),
+            StartPrimary,
         ),
         (
             "holder whose postgres crashed: restart in place",

@@ -267,6 +267,7 @@ impl Sim {
             pg: &pg,
             wall_now_ms: wall,
             watchdog_blocks: false,
+            primary_down_ms: None,
         };
         let decision = decide(&obs);
         data.lp.wake_key = Some(wake_key(&cluster));
