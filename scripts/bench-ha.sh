@@ -58,7 +58,7 @@ primary() {
   cluster | jq -r '.members[] | select(.role == "leader") | .name' | sed 's/node//'
 }
 healthy() { # one running leader and two streaming replicas
-  cluster | jq -e '[.members[] | select((.role == "leader" and .state == "running") or (.role == "replica" and .state == "streaming"))] | length == 3' >/dev/null 2>&1
+  cluster | jq -e '[.members[] | select((.role == "leader" and .state == "running") or ((.role == "replica" or .role == "sync_standby" or .role == "quorum_standby") and .state == "streaming"))] | length == 3' >/dev/null 2>&1
 }
 wait_healthy() { for _ in $(seq 600); do healthy && return 0; sleep 0.2; done; echo "cluster did not recover" >&2; exit 1; }
 published() { # synchronous modes: a synchronous standby (or quorum) is published
