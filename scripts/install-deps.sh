@@ -3,10 +3,11 @@
 # PostgreSQL 15 server binaries, curl and jq (benchmark scripts), gcc (for ring's C parts), haproxy
 # (the integration test that puts HAProxy in front of pgha's health checks, as the seeds do),
 # rpm (rpmbuild makes the .rpm and `rpm -qp` inspects it) and systemd (`systemd-analyze
-# verify` checks the unit, man-db finds its man pages) for scripts/test-packages.sh.
+# verify` checks the unit, man-db finds its man pages) for scripts/test-packages.sh, nftables
+# (the fault suite's packet filters inside its network namespaces, docs/faults.md).
 set -euo pipefail
 need=()
-for p in postgresql-15 curl jq gcc ca-certificates haproxy rpm systemd man-db; do
+for p in postgresql-15 curl jq gcc ca-certificates haproxy rpm systemd man-db nftables; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,0 +1,498 @@
+//! The scenarios, one `#[test]` each, named as an operator would say them. Plain `#[test]`s
+//! are the fast subset CI runs; `#[ignore]`d ones run with `scripts/fault-suite.sh`.
+//! docs/faults.md says what each one does and asserts.
+
+use crate::harness::{pause, wait_until};
+use crate::net::{node_addr, Filter};
+use crate::scenario::{Opts, Scenario, CONVERGE, FAILOVER};
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+/// The default lease ttl (docs/defaults.md).
+const TTL: Duration = Duration::from_secs(4);
+/// Steady writes before a fault, so the history has something to lose.
+const STEADY: Duration = Duration::from_secs(3);
+/// How long a partition is held after the majority side has a primary: clients keep trying
+/// the cut-off node meanwhile.
+const HOLD: Duration = Duration::from_secs(10);
+
+fn others(s: &Scenario, of: usize) -> Vec<usize> {
+    (0..s.c.nodes.len()).filter(|&i| i != of).collect()
+}
+
+// ---------------------------------------------------------------- fast subset (CI)
+
+/// The primary's machine dies (pgha and Postgres, kill -9) in strict synchronous mode: a
+/// replica takes over with no acknowledged write lost; the old primary comes back, is rewound
+/// and streams.
+#[test]
+fn kill9_of_the_primary_node() {
+    let Some(mut s) = Scenario::new("kill9_of_the_primary_node", Opts::synchronous()) else { return };
+    s.start_writes();
+    pause(STEADY);
+    let p = s.primary();
+    s.c.kill9_node(p);
+    s.wait_new_primary(p, FAILOVER);
+    s.c.start(p);
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// The primary is cut off from the other nodes (clients still reach it) in asynchronous mode:
+/// it must stop acknowledging before the majority's new primary does; after the heal it is
+/// demoted, rewound and streams from the new primary.
+#[test]
+fn partition_isolating_the_primary_then_heal() {
+    let Some(mut s) = Scenario::new("partition_isolating_the_primary_then_heal", Opts::asynchronous()) else {
+        return;
+    };
+    s.start_writes();
+    pause(STEADY);
+    let p = s.primary();
+    s.c.net.partition(&[p], &others(&s, p));
+    s.wait_new_primary(p, FAILOVER);
+    pause(HOLD);
+    s.c.net.heal();
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// The primary's pgha hangs (SIGSTOP) for three ttls, then resumes: its fencer kills Postgres
+/// at the lease deadline, before a replica is promoted; the resumed pgha finds itself a
+/// former primary and follows.
+#[test]
+fn sigstop_of_pgha_on_the_primary_past_ttl() {
+    let Some(mut s) = Scenario::new("sigstop_of_pgha_on_the_primary_past_ttl", Opts::asynchronous()) else {
+        return;
+    };
+    s.start_writes();
+    pause(STEADY);
+    let p = s.primary();
+    s.c.signal(p, Signal::SIGSTOP);
+    let n = s.wait_new_primary(p, FAILOVER);
+    assert!(
+        s.c.postmaster_pid(p).is_none(),
+        "{} was promoted while the stopped primary's postmaster still runs",
+        s.c.nodes[n].name
+    );
+    pause((TTL * 3).saturating_sub(TTL));
+    s.c.signal(p, Signal::SIGCONT);
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+// ---------------------------------------------------------------- the whole suite
+
+/// kill -9 of the primary's pgha alone: its fencer (pipe EOF) and the parent-death signal kill
+/// Postgres at once; a replica is promoted only after that.
+#[test]
+#[ignore]
+fn kill9_of_pgha_alone_on_the_primary() {
+    let Some(mut s) = Scenario::new("kill9_of_pgha_alone_on_the_primary", Opts::synchronous()) else {
+        return;
+    };
+    s.start_writes();
+    pause(STEADY);
+    let p = s.primary();
+    s.c.kill9(p);
+    let n = s.wait_new_primary(p, FAILOVER);
+    assert!(
+        s.c.postmaster_pid(p).is_none(),
+        "{} was promoted while the old primary's postmaster still runs without its pgha",
+        s.c.nodes[n].name
+    );
+    s.c.start(p);
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// kill -9 of the primary's postmaster alone: pgha restarts it in place (or fails over);
+/// nothing acknowledged is lost.
+#[test]
+#[ignore]
+fn kill9_of_postgres_alone_on_the_primary() {
+    let Some(mut s) = Scenario::new("kill9_of_postgres_alone_on_the_primary", Opts::synchronous()) else {
+        return;
+    };
+    s.start_writes();
+    pause(STEADY);
+    let p = s.primary();
+    s.c.kill9_postgres(p);
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// A replica is cut off from the other nodes for a while: the primary stays the primary (no
+/// needless failover); after the heal the replica streams again.
+#[test]
+#[ignore]
+fn partition_isolating_a_replica() {
+    let Some(mut s) = Scenario::new("partition_isolating_a_replica", Opts::asynchronous()) else { return };
+    s.start_writes();
+    pause(STEADY);
+    let p = s.primary();
+    let r = others(&s, p)[0];
+    s.c.net.partition(&[r], &others(&s, r));
+    pause(HOLD + TTL * 2);
+    assert_eq!(s.primaries(), vec![p], "the primary must not change when a replica is cut off");
+    s.c.net.heal();
+    s.fault_over();
+    let report = s.finish(CONVERGE);
+    assert_eq!(report.groups.len(), 1, "no failover happened: {:?}", report.groups);
+}
+
+/// The Raft leader, a replica (leadership moved there first), is cut off: the others elect a
+/// new leader; the primary keeps or regains its lease; after the heal all converge.
+#[test]
+#[ignore]
+fn partition_of_the_raft_leader_that_is_not_the_primary() {
+    let Some(mut s) =
+        Scenario::new("partition_of_the_raft_leader_that_is_not_the_primary", Opts::synchronous())
+    else {
+        return;
+    };
+    let p = s.primary();
+    let r = others(&s, p)[0];
+    let to = s.c.nodes[r].name.clone();
+    wait_until(FAILOVER, "Raft leadership on a replica", || {
+        if s.c.raft_leader()? == r {
+            return Ok(());
+        }
+        s.c.ctl(&["transfer-leadership", "--to", &to])?;
+        Err("transfer requested".to_string())
+    });
+    s.start_writes();
+    pause(STEADY);
+    s.c.net.partition(&[r], &others(&s, r));
+    wait_until(FAILOVER, "a new Raft leader on the majority side", || {
+        let l = s.c.raft_leader()?;
+        (l != r).then_some(()).ok_or_else(|| "still the cut-off node".to_string())
+    });
+    s.wait_writes(20, FAILOVER, "writes continue while the Raft leader is cut off");
+    pause(HOLD);
+    s.c.net.heal();
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// Two of three nodes die (kill -9 of pgha and Postgres): the primary loses its lease and
+/// Postgres stops accepting writes (fenced) within about a ttl; both come back and the
+/// cluster converges with nothing acknowledged lost (strict synchronous mode).
+#[test]
+#[ignore]
+fn loss_of_raft_quorum_and_recovery() {
+    let Some(mut s) = Scenario::new("loss_of_raft_quorum_and_recovery", Opts::synchronous()) else { return };
+    s.start_writes();
+    pause(STEADY);
+    let p = s.primary();
+    let lost = others(&s, p);
+    for &i in &lost {
+        s.c.kill9_node(i);
+    }
+    wait_until(FAILOVER, "the primary without quorum stops being a writable primary", || {
+        match s.primaries().as_slice() {
+            [] => Ok(()),
+            other => Err(format!("primaries {other:?}")),
+        }
+    });
+    pause(HOLD);
+    for &i in &lost {
+        s.c.start(i);
+    }
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// 3 data nodes + 2 witnesses survive two failures: a witness dies, then the primary's node;
+/// a replica is promoted by the remaining 3 of 5 voters.
+#[test]
+#[ignore]
+fn a_witness_lost_in_the_3_plus_2_layout() {
+    let opts = Opts { data: 3, witnesses: 2, sync: true };
+    let Some(mut s) = Scenario::new("a_witness_lost_in_the_3_plus_2_layout", opts) else { return };
+    s.start_writes();
+    pause(STEADY);
+    let w = s.c.idx("witness4");
+    s.c.kill9(w);
+    let p = s.primary();
+    s.c.kill9_node(p);
+    s.wait_new_primary(p, FAILOVER);
+    s.c.start(w);
+    s.c.start(p);
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// A replica that lags by more than `maximum_lag_on_failover` (its WAL stream cut, Raft
+/// still connected) is never promoted when the primary dies; the other replica is.
+#[test]
+#[ignore]
+fn a_replica_lagging_beyond_maximum_lag_on_failover_when_the_primary_dies() {
+    let Some(mut s) = Scenario::new(
+        "a_replica_lagging_beyond_maximum_lag_on_failover_when_the_primary_dies",
+        Opts::asynchronous(),
+    ) else {
+        return;
+    };
+    let p = s.primary();
+    let o = others(&s, p);
+    let (lagging, good) = (o[0], o[1]);
+    s.start_writes();
+    pause(STEADY);
+    // Cut only Postgres traffic between the primary and the lagging replica.
+    s.c.net.filter(lagging, &Filter { cut_tcp: vec![(node_addr(p), 5432)], ..Filter::default() });
+    s.c.psql(p, "CREATE TABLE IF NOT EXISTS fault_filler (x text); INSERT INTO fault_filler SELECT repeat('x', 1000) FROM generate_series(1, 4000)")
+        .expect("write 4 MB of WAL on the primary");
+    // The lag must be visible in the replicated state before the primary dies.
+    wait_until(FAILOVER, "pgha reports the replica's lag", || {
+        let list = s.c.ctl(&["list", "--format", "json"])?;
+        let rows: serde_json::Value = serde_json::from_str(&list).map_err(|e| e.to_string())?;
+        let lag = rows
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["Member"] == s.c.nodes[lagging].name.as_str()))
+            .map(|r| r["Receive Lag"].clone());
+        match lag.as_ref().and_then(|l| l.as_f64()) {
+            Some(mb) if mb >= 2.0 => Ok(()),
+            _ => Err(format!("lag {lag:?}")),
+        }
+    });
+    s.c.kill9_node(p);
+    let n = s.wait_new_primary(p, FAILOVER);
+    assert_eq!(n, good, "the lagging replica {} must not be promoted", s.c.nodes[lagging].name);
+    s.c.net.heal();
+    s.c.start(p);
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// A switchover, then a failover (`ctl failover --candidate`) to the third node, under write
+/// load in strict synchronous mode: nothing acknowledged lost.
+#[test]
+#[ignore]
+fn switchover_and_failover_under_write_load() {
+    let Some(mut s) = Scenario::new("switchover_and_failover_under_write_load", Opts::synchronous()) else {
+        return;
+    };
+    s.start_writes();
+    pause(STEADY);
+    let p = s.primary();
+    let to = s.c.nodes[others(&s, p)[0]].name.clone();
+    wait_until(FAILOVER, "switchover accepted", || s.c.ctl(&["switchover", "--candidate", &to, "--force"]));
+    let n = s.wait_new_primary(p, FAILOVER);
+    s.wait_converged(CONVERGE);
+    s.wait_writes(20, FAILOVER, "writes after the switchover");
+    let third = s.c.nodes[(0..3).find(|&i| i != p && i != n).unwrap()].name.clone();
+    wait_until(FAILOVER, "failover accepted", || s.c.ctl(&["failover", "--candidate", &third, "--force"]));
+    s.wait_new_primary(n, FAILOVER);
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// Every node restarted in turn (SIGTERM, start, streaming again), the primary last, in
+/// strict synchronous mode.
+#[test]
+#[ignore]
+fn rolling_restart_of_all_nodes() {
+    let Some(mut s) = Scenario::new("rolling_restart_of_all_nodes", Opts::synchronous()) else { return };
+    s.start_writes();
+    pause(STEADY);
+    let p = s.primary();
+    let mut order = others(&s, p);
+    order.push(p);
+    for i in order {
+        s.c.stop(i);
+        s.c.start(i);
+        s.wait_converged(CONVERGE);
+        s.wait_writes(10, FAILOVER, "writes after a restart");
+    }
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// A 4th node joins under load and streams; then a replica is stopped and removed.
+#[test]
+#[ignore]
+fn a_4th_node_joining_and_a_node_removed_under_load() {
+    let Some(mut s) = Scenario::new("a_4th_node_joining_and_a_node_removed_under_load", Opts::synchronous())
+    else {
+        return;
+    };
+    s.start_writes();
+    pause(STEADY);
+    let n4 = s.c.add_node();
+    let all: Vec<String> = s.c.nodes.iter().map(|n| n.name.clone()).collect();
+    s.c.wait_voters(&all);
+    s.wait_converged(CONVERGE);
+    let p = s.primary();
+    let r = others(&s, p).into_iter().find(|&i| i != n4).unwrap();
+    let name = s.c.nodes[r].name.clone();
+    s.c.stop(r);
+    wait_until(FAILOVER, "remove accepted", || s.c.ctl(&["remove", &name, "--force"]));
+    let left: Vec<String> = all.into_iter().filter(|n| *n != name).collect();
+    s.c.wait_voters(&left);
+    s.c.forget(r);
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// The whole cluster stops at once (kill -9 of every node) and starts again in another order.
+#[test]
+#[ignore]
+fn cold_restart_of_the_whole_cluster() {
+    let Some(mut s) = Scenario::new("cold_restart_of_the_whole_cluster", Opts::synchronous()) else { return };
+    s.start_writes();
+    pause(STEADY);
+    for i in 0..3 {
+        s.c.kill9_node(i);
+    }
+    pause(TTL);
+    for i in [2, 0, 1] {
+        s.c.start(i);
+    }
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// The primary can send but not receive (its input from the other nodes dropped): it loses
+/// its lease and is fenced; a replica takes over; after the heal it follows.
+#[test]
+#[ignore]
+fn asymmetric_partition_primary_sends_but_does_not_receive() {
+    let Some(mut s) =
+        Scenario::new("asymmetric_partition_primary_sends_but_does_not_receive", Opts::asynchronous())
+    else {
+        return;
+    };
+    s.start_writes();
+    pause(STEADY);
+    let p = s.primary();
+    let from: Vec<String> = others(&s, p).into_iter().map(node_addr).collect();
+    s.c.net.filter(p, &Filter { drop_from: from, ..Filter::default() });
+    s.wait_new_primary(p, FAILOVER);
+    pause(HOLD);
+    s.c.net.heal();
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// 5 % packet loss on every node's link for 30 s under write load (no delay: this kernel has
+/// no sch_netem, see docs/faults.md).
+#[test]
+#[ignore]
+fn packet_loss_between_nodes() {
+    let Some(mut s) = Scenario::new("packet_loss_between_nodes", Opts::synchronous()) else { return };
+    s.start_writes();
+    pause(STEADY);
+    for i in 0..3 {
+        s.c.net.filter(i, &Filter { loss_percent: 5, ..Filter::default() });
+    }
+    pause(Duration::from_secs(30));
+    s.c.net.heal();
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// Jepsen's partition shapes against Patroni, one after another under write load: one node
+/// cut off (each in turn), a majorities ring (with 3 nodes: one link cut, so two nodes each
+/// see a different majority), and random halves; each held 15 s, then healed for 10 s.
+#[test]
+#[ignore]
+fn jepsen_partition_shapes_under_write_load() {
+    let Some(mut s) = Scenario::new("jepsen_partition_shapes_under_write_load", Opts::asynchronous()) else {
+        return;
+    };
+    s.start_writes();
+    pause(STEADY);
+    let mut seed = std::process::id() as u64;
+    let mut rand = move |n: usize| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 33) % n as u64) as usize
+    };
+    let mut shapes: Vec<(String, Vec<usize>, Vec<usize>)> = Vec::new();
+    for i in 0..3 {
+        shapes.push((format!("node{} cut off", i + 1), vec![i], others(&s, i)));
+    }
+    let a = rand(3);
+    let b = (a + 1 + rand(2)) % 3;
+    shapes.push((format!("ring: link node{}-node{} cut", a + 1, b + 1), vec![a], vec![b]));
+    let lone = rand(3);
+    shapes.push((format!("random halves: node{} | rest", lone + 1), vec![lone], others(&s, lone)));
+    for (what, x, y) in shapes {
+        eprintln!("fault {}: partition {what}", s.name);
+        s.c.net.partition(&x, &y);
+        pause(Duration::from_secs(15));
+        s.c.net.heal();
+        s.wait_converged(CONVERGE);
+        s.wait_writes(10, FAILOVER, &format!("writes after healing {what}"));
+    }
+    s.fault_over();
+    s.finish(CONVERGE);
+}
+
+/// A replica's Raft log gets a byte flipped in its middle while the node is stopped.
+#[test]
+#[ignore]
+fn a_corrupted_raft_log_on_one_node() {
+    raft_log_damage("a_corrupted_raft_log_on_one_node", true);
+}
+
+/// A replica's Raft log is cut in half while the node is stopped.
+#[test]
+#[ignore]
+fn a_truncated_raft_log_on_one_node() {
+    raft_log_damage("a_truncated_raft_log_on_one_node", false);
+}
+
+/// The damaged node either refuses to start with an error that names the damage, or recovers
+/// from its peers (all voters in step at the same applied index, its Postgres streaming); it
+/// never runs on with a log that differs silently. If it refused, the rest of the cluster
+/// must still converge and keep every acknowledged write.
+fn raft_log_damage(name: &str, flip: bool) {
+    let Some(mut s) = Scenario::new(name, Opts::synchronous()) else { return };
+    s.start_writes();
+    pause(STEADY);
+    let p = s.primary();
+    let r = others(&s, p)[0];
+    s.c.stop(r);
+    let log = s.c.nodes[r].raft_dir().join("log");
+    let mut bytes = std::fs::read(&log).expect("read the Raft log");
+    let len = bytes.len();
+    if flip {
+        bytes[len / 2] ^= 0xff;
+        std::fs::write(&log, &bytes).expect("write the damaged Raft log");
+    } else {
+        let f = std::fs::OpenOptions::new().write(true).open(&log).expect("open the Raft log");
+        f.set_len(len as u64 / 2).expect("truncate the Raft log");
+    }
+    let before = s.c.log_text(r).len();
+    s.c.start(r);
+    let all: Vec<String> = s.c.nodes.iter().map(|n| n.name.clone()).collect();
+    let names: Vec<&str> = all.iter().map(String::as_str).collect();
+    let refused = wait_until(CONVERGE, "the damaged node refuses to start or recovers", || {
+        if !s.c.is_running(r) {
+            return Ok(Some(s.c.log_text(r)[before..].to_string()));
+        }
+        crate::harness::converged(&s.c.members()?, &names)?;
+        s.converged()?;
+        Ok(None)
+    });
+    match refused {
+        Some(text) => {
+            let lower = text.to_lowercase();
+            assert!(
+                ["corrupt", "checksum", "crc", "damaged", "truncated"].iter().any(|w| lower.contains(w)),
+                "{} stopped without naming the damage:\n{text}",
+                s.c.nodes[r].name
+            );
+            eprintln!(
+                "fault {name}: {} refused to start: {}",
+                s.c.nodes[r].name,
+                text.trim().lines().last().unwrap_or("")
+            );
+            s.c.forget(r);
+        }
+        None => eprintln!("fault {name}: {} recovered from its peers", s.c.nodes[r].name),
+    }
+    s.fault_over();
+    s.finish(CONVERGE);
+}
