@@ -2,7 +2,8 @@
 # The test command (README): static checks, the release as an operator meets it (static
 # binary, .deb and .rpm, installed and purged: scripts/test-packages.sh, as root), then every
 # test — unit tables, the deterministic Raft/lease simulation (tests/sim) and the integration
-# suite with real `pgha` processes (tests/it). Fails on the first problem.
+# suite with real `pgha` processes (tests/it) and the fast subset of the fault suite
+# (tests/fault, network namespaces: as root; docs/faults.md). Fails on the first problem.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== format"
