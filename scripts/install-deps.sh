@@ -4,10 +4,11 @@
 # (the integration test that puts HAProxy in front of pgha's health checks, as the seeds do),
 # rpm (rpmbuild makes the .rpm and `rpm -qp` inspects it) and systemd (`systemd-analyze
 # verify` checks the unit, man-db finds its man pages) for scripts/test-packages.sh, nftables
-# (the fault suite's packet filters inside its network namespaces, docs/faults.md).
+# (the fault suite's packet filters inside its network namespaces) and libfaketime (its
+# wall-clock jump), docs/faults.md.
 set -euo pipefail
 need=()
-for p in postgresql-15 curl jq gcc ca-certificates haproxy rpm systemd man-db nftables; do
+for p in postgresql-15 curl jq gcc ca-certificates haproxy rpm systemd man-db nftables libfaketime; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

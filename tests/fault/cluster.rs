@@ -25,6 +25,8 @@ const API_PORT: u16 = 8008;
 const RAFT_PORT: u16 = 5010;
 pub const SUPERUSER_PASSWORD: &str = "fault-superuser-pw";
 const PSQL: &str = "/usr/bin/psql";
+/// Debian's libfaketime (package `libfaketime`), the thread-safe variant.
+pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 const LOG_TAIL_LINES: usize = 30;
 /// Raft settling after a join or restart.
 pub const SETTLE: Duration = Duration::from_secs(60);
@@ -38,6 +40,16 @@ pub struct Node {
     pub config: PathBuf,
     pub log: PathBuf,
     pub witness: bool,
+    /// The node's `pg` directory is a tmpfs of this many MiB in a mount namespace of the node's
+    /// own (made by `unshare` at each start, gone with its last process), so a disk can fill up
+    /// without touching the host's filesystems. Its files are reached through
+    /// `/proc/<pgha pid>/root` ([`NetCluster::node_path`]); a restart starts from an empty
+    /// directory.
+    pub pg_fs_mb: Option<u64>,
+    /// The node's processes (pgha and its Postgres) run with libfaketime preloaded, reading
+    /// their wall-clock offset from this file (e.g. `-5m`, re-read every second); the
+    /// monotonic and boot clocks stay real. See [`NetCluster::set_wall_offset`].
+    pub faketime: Option<PathBuf>,
     /// Removed from the cluster ([`NetCluster::forget`]): no longer checked.
     pub removed: bool,
     child: Option<Child>,
@@ -65,8 +77,16 @@ pub struct NetCluster {
 
 impl NetCluster {
     /// `data` data nodes and `witnesses` witnesses, formed as an operator would (init on the
-    /// first, join the others one by one), returned once all are voters in step.
-    pub fn new(data: usize, witnesses: usize) -> NetCluster {
+    /// first, join the others one by one), returned once all are voters in step. With
+    /// `first_pg_fs_mb`, the first node's `pg` directory (data dir and WAL) is a tmpfs of that
+    /// size (see [`Node::pg_fs_mb`]); with `first_faketime`, its wall clock can be moved
+    /// ([`Node::faketime`]).
+    pub fn new(
+        data: usize,
+        witnesses: usize,
+        first_pg_fs_mb: Option<u64>,
+        first_faketime: bool,
+    ) -> NetCluster {
         let net = Net::new(data + witnesses);
         let test: String =
             std::thread::current().name().unwrap_or("test").replace("::", "-").chars().take(20).collect();
@@ -81,6 +101,10 @@ impl NetCluster {
         let mut c = NetCluster { root, nodes: Vec::new(), user: harness::service_user(), net };
         for i in 0..data + witnesses {
             c.write_config(i, i >= data);
+        }
+        c.nodes[0].pg_fs_mb = first_pg_fs_mb;
+        if first_faketime {
+            c.nodes[0].faketime = Some(c.root.join("node1.faketime"));
         }
         let token = c.init(0);
         c.start(0);
@@ -130,6 +154,8 @@ watchdog:\n  mode: off\n{w}",
             log: self.root.join(format!("{name}.log")),
             witness,
             removed: false,
+            pg_fs_mb: None,
+            faketime: None,
             child: None,
         });
     }
@@ -187,9 +213,16 @@ watchdog:\n  mode: off\n{w}",
 
     /// `ctl args` through the first node whose API answers successfully.
     pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        let mut last = String::new();
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].child.is_none() {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.ctl_from(&all, args)
+    }
+
+    /// `ctl args` through the first of the nodes `via` whose API answers successfully (a node
+    /// cut off from the majority answers too, from its own view: ask the side you mean).
+    pub fn ctl_from(&self, via: &[usize], args: &[&str]) -> Result<String, String> {
+        let mut last = String::from("no node to ask");
+        for &i in via {
+            if self.nodes[i].child.is_none() || self.nodes[i].removed {
                 continue;
             }
             let out = self.ctl_via(i, args);
@@ -227,15 +260,11 @@ watchdog:\n  mode: off\n{w}",
         })
     }
 
-    /// The Raft leader's node index.
-    pub fn raft_leader(&self) -> Result<usize, String> {
-        let name = self
-            .members()?
-            .into_iter()
-            .find(|r| r.role == "leader")
-            .map(|r| r.name)
-            .ok_or("no Raft leader")?;
-        Ok(self.idx(&name))
+    /// The Raft leader's node index, as the first of `via` that answers sees it.
+    pub fn raft_leader_seen_by(&self, via: &[usize]) -> Result<usize, String> {
+        let rows = parse_members(&self.ctl_from(via, &["members", "--format", "json"])?)?;
+        let name = rows.iter().find(|r| r.role == "leader").map(|r| r.name.clone());
+        Ok(self.idx(&name.ok_or_else(|| format!("no Raft leader: {}", summary(&rows)))?))
     }
 
     pub fn idx(&self, name: &str) -> usize {
@@ -247,12 +276,40 @@ watchdog:\n  mode: off\n{w}",
         assert!(!self.is_running(i), "{} is already running", self.nodes[i].name);
         let node = &self.nodes[i];
         let log = fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("open a node log");
-        let mut cmd = Net::command(&self.net.node_ns(i), harness::PGHA);
+        let mut cmd = match node.pg_fs_mb {
+            None => {
+                let mut cmd = Net::command(&self.net.node_ns(i), harness::PGHA);
+                cmd.args(["run", "--config", node.config_str()]);
+                cmd
+            }
+            Some(mb) => {
+                let pg = node.dir.join("pg");
+                fs::create_dir_all(&pg).expect("create the tmpfs mount point");
+                let user = nix::unistd::User::from_name(&self.user).ok().flatten().expect("the service user");
+                // unshare and sh both exec: the PID held is still pgha's.
+                let mut cmd = Net::command(&self.net.node_ns(i), "/usr/bin/unshare");
+                cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+                    .arg("mount -t tmpfs -o size=\"$1\"m,mode=0755,uid=\"$2\",gid=\"$3\" pgha-fault \"$4\" && shift 4 && exec \"$@\"")
+                    .arg("sh")
+                    .arg(mb.to_string())
+                    .arg(user.uid.to_string())
+                    .arg(user.gid.to_string())
+                    .arg(&pg)
+                    .args([harness::PGHA, "run", "--config", node.config_str()]);
+                cmd
+            }
+        };
         clean_env(&mut cmd);
-        cmd.args(["run", "--config", node.config_str()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone a log handle"))
-            .stderr(log);
+        if let Some(file) = &node.faketime {
+            if !file.exists() {
+                fs::write(file, "+0\n").expect("write the faketime offset");
+            }
+            cmd.env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME_TIMESTAMP_FILE", file)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("clone a log handle")).stderr(log);
         // SAFETY: prctl is async-signal-safe; the node dies with the test process.
         unsafe {
             cmd.pre_exec(|| {
@@ -312,7 +369,7 @@ watchdog:\n  mode: off\n{w}",
     /// process's command line so a recycled PID is never taken for it).
     pub fn postmaster_pid(&self, i: usize) -> Option<nix::unistd::Pid> {
         let data = self.nodes[i].data_dir();
-        let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
+        let text = fs::read_to_string(self.node_path(i, &data.join("postmaster.pid"))?).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let cmdline = String::from_utf8_lossy(&cmdline);
@@ -320,6 +377,23 @@ watchdog:\n  mode: off\n{w}",
         // A zombie is dead for our purposes.
         let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
         (cmdline.contains(data.to_str()?) && !zombie).then(|| nix::unistd::Pid::from_raw(pid))
+    }
+
+    /// Moves node `i`'s wall clock by `offset` from the real one (libfaketime syntax: `-5m`,
+    /// `+300s`, `+0`); the node must have been started with [`Node::faketime`].
+    pub fn set_wall_offset(&self, i: usize, offset: &str) {
+        let file = self.nodes[i].faketime.as_ref().expect("the node runs under libfaketime");
+        fs::write(file, format!("{offset}\n")).expect("write the faketime offset");
+    }
+
+    /// Where the test reaches `path` of node `i`: the path itself, or for a node with a private
+    /// tmpfs the same path inside its mount namespace (`None` when that node is not running).
+    pub fn node_path(&self, i: usize, path: &std::path::Path) -> Option<PathBuf> {
+        if self.nodes[i].pg_fs_mb.is_none() {
+            return Some(path.to_path_buf());
+        }
+        let pid = self.nodes[i].child.as_ref()?.id();
+        Some(PathBuf::from(format!("/proc/{pid}/root{}", path.display())))
     }
 
     /// kill -9 of node `i`'s postmaster alone.

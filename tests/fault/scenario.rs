@@ -28,14 +28,18 @@ pub struct Opts {
     pub data: usize,
     pub witnesses: usize,
     pub sync: bool,
+    /// The first node's `pg` directory on a tmpfs of this many MiB ([`crate::cluster::Node::pg_fs_mb`]).
+    pub first_pg_fs_mb: Option<u64>,
+    /// The first node's wall clock can be moved ([`crate::cluster::Node::faketime`]).
+    pub first_faketime: bool,
 }
 
 impl Opts {
     pub fn asynchronous() -> Opts {
-        Opts { data: 3, witnesses: 0, sync: false }
+        Opts { data: 3, witnesses: 0, sync: false, first_pg_fs_mb: None, first_faketime: false }
     }
     pub fn synchronous() -> Opts {
-        Opts { data: 3, witnesses: 0, sync: true }
+        Opts { data: 3, witnesses: 0, sync: true, first_pg_fs_mb: None, first_faketime: false }
     }
 }
 
@@ -68,7 +72,7 @@ impl Scenario {
             return None;
         }
         let started = boot_now();
-        let c = NetCluster::new(opts.data, opts.witnesses);
+        let c = NetCluster::new(opts.data, opts.witnesses, opts.first_pg_fs_mb, opts.first_faketime);
         let s = Scenario {
             name: name.to_string(),
             c,
