@@ -33,6 +33,17 @@ pub const SETTLE: Duration = Duration::from_secs(60);
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// Special settings of the first node (the one that bootstraps, so the first primary).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FirstNode {
+    /// See [`Node::pg_fs_mb`].
+    pub pg_fs_mb: Option<u64>,
+    /// See [`Node::raft_fs_mb`].
+    pub raft_fs_mb: Option<u64>,
+    /// See [`Node::faketime`].
+    pub faketime: bool,
+}
+
 pub struct Node {
     pub name: String,
     pub addr: String,
@@ -50,6 +61,11 @@ pub struct Node {
     /// their wall-clock offset from this file (e.g. `-5m`, re-read every second); the
     /// monotonic and boot clocks stay real. See [`NetCluster::set_wall_offset`].
     pub faketime: Option<PathBuf>,
+    /// The node's Raft directory is a tmpfs of this many MiB (a copy of what `init`/`join`
+    /// wrote), in a mount namespace kept by a holder process (`sleep`) that lives across
+    /// restarts of pgha, which enters it with `nsenter`; see [`NetCluster::node_path`].
+    pub raft_fs_mb: Option<u64>,
+    holder: Option<Child>,
     /// Removed from the cluster ([`NetCluster::forget`]): no longer checked.
     pub removed: bool,
     child: Option<Child>,
@@ -79,14 +95,8 @@ impl NetCluster {
     /// `data` data nodes and `witnesses` witnesses, formed as an operator would (init on the
     /// first, join the others one by one), returned once all are voters in step. With
     /// `first_pg_fs_mb`, the first node's `pg` directory (data dir and WAL) is a tmpfs of that
-    /// size (see [`Node::pg_fs_mb`]); with `first_faketime`, its wall clock can be moved
-    /// ([`Node::faketime`]).
-    pub fn new(
-        data: usize,
-        witnesses: usize,
-        first_pg_fs_mb: Option<u64>,
-        first_faketime: bool,
-    ) -> NetCluster {
+    /// size (see [`Node::pg_fs_mb`]), and so on for the other [`FirstNode`] settings.
+    pub fn new(data: usize, witnesses: usize, first: FirstNode) -> NetCluster {
         let net = Net::new(data + witnesses);
         let test: String =
             std::thread::current().name().unwrap_or("test").replace("::", "-").chars().take(20).collect();
@@ -102,8 +112,9 @@ impl NetCluster {
         for i in 0..data + witnesses {
             c.write_config(i, i >= data);
         }
-        c.nodes[0].pg_fs_mb = first_pg_fs_mb;
-        if first_faketime {
+        c.nodes[0].pg_fs_mb = first.pg_fs_mb;
+        c.nodes[0].raft_fs_mb = first.raft_fs_mb;
+        if first.faketime {
             c.nodes[0].faketime = Some(c.root.join("node1.faketime"));
         }
         let token = c.init(0);
@@ -156,6 +167,8 @@ watchdog:\n  mode: off\n{w}",
             removed: false,
             pg_fs_mb: None,
             faketime: None,
+            raft_fs_mb: None,
+            holder: None,
             child: None,
         });
     }
@@ -276,7 +289,24 @@ watchdog:\n  mode: off\n{w}",
         assert!(!self.is_running(i), "{} is already running", self.nodes[i].name);
         let node = &self.nodes[i];
         let log = fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("open a node log");
+        if node.raft_fs_mb.is_some() && node.holder.is_none() {
+            self.start_holder(i);
+        }
+        let node = &self.nodes[i];
         let mut cmd = match node.pg_fs_mb {
+            None if node.holder.is_some() => {
+                let holder = node.holder.as_ref().expect("checked").id();
+                // nsenter execs: the PID held is pgha's.
+                let mut cmd = Net::command(&self.net.node_ns(i), "/usr/bin/nsenter");
+                cmd.arg(format!("--mount=/proc/{holder}/ns/mnt")).args([
+                    "--",
+                    harness::PGHA,
+                    "run",
+                    "--config",
+                    node.config_str(),
+                ]);
+                cmd
+            }
             None => {
                 let mut cmd = Net::command(&self.net.node_ns(i), harness::PGHA);
                 cmd.args(["run", "--config", node.config_str()]);
@@ -389,11 +419,56 @@ watchdog:\n  mode: off\n{w}",
     /// Where the test reaches `path` of node `i`: the path itself, or for a node with a private
     /// tmpfs the same path inside its mount namespace (`None` when that node is not running).
     pub fn node_path(&self, i: usize, path: &std::path::Path) -> Option<PathBuf> {
-        if self.nodes[i].pg_fs_mb.is_none() {
+        let node = &self.nodes[i];
+        let pid = if let Some(h) = &node.holder {
+            h.id()
+        } else if node.pg_fs_mb.is_some() {
+            node.child.as_ref()?.id()
+        } else {
             return Some(path.to_path_buf());
-        }
-        let pid = self.nodes[i].child.as_ref()?.id();
+        };
         Some(PathBuf::from(format!("/proc/{pid}/root{}", path.display())))
+    }
+
+    /// Starts node `i`'s mount-namespace holder: a tmpfs with a copy of its Raft directory,
+    /// bind-mounted over it, then `sleep` until killed.
+    fn start_holder(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let mb = node.raft_fs_mb.expect("a Raft tmpfs size");
+        let raft = node.raft_dir();
+        let fs_dir = node.dir.join("raftfs");
+        fs::create_dir_all(&fs_dir).expect("create the tmpfs mount point");
+        let user = nix::unistd::User::from_name(&self.user).ok().flatten().expect("the service user");
+        let mut cmd = Command::new("/usr/bin/unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(
+                "mount -t tmpfs -o size=\"$1\"m,mode=0700,uid=\"$2\",gid=\"$3\" pgha-fault \"$4\" \
+                 && cp -a \"$5\"/. \"$4\"/ && mount --bind \"$4\" \"$5\" && exec sleep infinity",
+            )
+            .arg("sh")
+            .arg(mb.to_string())
+            .arg(user.uid.to_string())
+            .arg(user.gid.to_string())
+            .arg(&fs_dir)
+            .arg(&raft)
+            .stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; the holder dies with the test process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut holder = cmd.spawn().expect("start the mount holder");
+        let pid = holder.id();
+        wait_until(Duration::from_secs(10), "the mount holder is ready", || {
+            if let Some(status) = holder.try_wait().map_err(|e| e.to_string())? {
+                panic!("the mount holder of {} failed: {status}", node.name);
+            }
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| e.to_string())?;
+            cmdline.starts_with(b"sleep").then_some(()).ok_or_else(|| "still mounting".to_string())
+        });
+        self.nodes[i].holder = Some(holder);
     }
 
     /// kill -9 of node `i`'s postmaster alone.
@@ -473,6 +548,12 @@ impl Drop for NetCluster {
             if let Some(pid) = self.postmaster_pid(i) {
                 eprintln!("{}: postmaster {pid} outlived its pgha; killing it", self.nodes[i].name);
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        for node in &mut self.nodes {
+            if let Some(mut holder) = node.holder.take() {
+                let _ = holder.kill();
+                let _ = holder.wait();
             }
         }
         if std::thread::panicking() {

@@ -6,7 +6,7 @@
 //! replayed everything, read every data node, run the checker and print one summary line.
 
 use crate::checker::{self, Mode, Report};
-use crate::cluster::{NetCluster, PG_PORT, PROXY_PORT, SUPERUSER_PASSWORD};
+use crate::cluster::{FirstNode, NetCluster, PG_PORT, PROXY_PORT, SUPERUSER_PASSWORD};
 use crate::harness::{elapsed, wait_until};
 use crate::workload::{Target, Workload, TABLE_DDL};
 use pgha::clock::{boot_now, BootInstant};
@@ -28,18 +28,16 @@ pub struct Opts {
     pub data: usize,
     pub witnesses: usize,
     pub sync: bool,
-    /// The first node's `pg` directory on a tmpfs of this many MiB ([`crate::cluster::Node::pg_fs_mb`]).
-    pub first_pg_fs_mb: Option<u64>,
-    /// The first node's wall clock can be moved ([`crate::cluster::Node::faketime`]).
-    pub first_faketime: bool,
+    /// Special settings of the first node (the first primary).
+    pub first: FirstNode,
 }
 
 impl Opts {
     pub fn asynchronous() -> Opts {
-        Opts { data: 3, witnesses: 0, sync: false, first_pg_fs_mb: None, first_faketime: false }
+        Opts { data: 3, witnesses: 0, sync: false, first: FirstNode::default() }
     }
     pub fn synchronous() -> Opts {
-        Opts { data: 3, witnesses: 0, sync: true, first_pg_fs_mb: None, first_faketime: false }
+        Opts { data: 3, witnesses: 0, sync: true, first: FirstNode::default() }
     }
 }
 
@@ -72,7 +70,7 @@ impl Scenario {
             return None;
         }
         let started = boot_now();
-        let c = NetCluster::new(opts.data, opts.witnesses, opts.first_pg_fs_mb, opts.first_faketime);
+        let c = NetCluster::new(opts.data, opts.witnesses, opts.first);
         let s = Scenario {
             name: name.to_string(),
             c,
@@ -226,6 +224,22 @@ impl Scenario {
             let p = self.primaries();
             p.iter().copied().find(|&i| i != old).ok_or_else(|| format!("primaries {p:?}"))
         })
+    }
+
+    /// Makes node `i` the primary (a switchover if it is not), e.g. the node with the special
+    /// disk or clock: whoever wins the initialize race bootstraps, not always the first node.
+    pub fn make_primary(&self, i: usize) {
+        let p = self.primary();
+        if p == i {
+            return;
+        }
+        let name = self.c.nodes[i].name.clone();
+        wait_until(FAILOVER, &format!("switchover to {name}"), || {
+            self.c.ctl(&["switchover", "--candidate", &name, "--force"])
+        });
+        self.wait_new_primary(p, FAILOVER);
+        let (now, _) = self.wait_converged(CONVERGE);
+        assert_eq!(now, i, "the switchover went to {name}");
     }
 
     /// Marks the end of the last fault: convergence is timed from here.

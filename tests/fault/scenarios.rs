@@ -2,6 +2,7 @@
 //! are the fast subset CI runs; `#[ignore]`d ones run with `scripts/fault-suite.sh`.
 //! docs/faults.md says what each one does and asserts.
 
+use crate::cluster::FirstNode;
 use crate::harness::{pause, wait_until};
 use crate::net::{node_addr, Filter};
 use crate::scenario::{Opts, Scenario, CONVERGE, FAILOVER};
@@ -509,17 +510,10 @@ fn raft_log_damage(name: &str, flip: bool) {
 #[test]
 #[ignore = "fails: a lease holder whose Postgres cannot start never releases its lease (docs/faults.md)"]
 fn disk_full_on_the_primarys_data_directory() {
-    let opts = Opts { first_pg_fs_mb: Some(256), ..Opts::asynchronous() };
+    let opts =
+        Opts { first: FirstNode { pg_fs_mb: Some(256), ..FirstNode::default() }, ..Opts::asynchronous() };
     let Some(mut s) = Scenario::new("disk_full_on_the_primarys_data_directory", opts) else { return };
-    let p = s.primary();
-    let first = s.c.nodes[0].name.clone();
-    if p != 0 {
-        wait_until(FAILOVER, "switchover to the node with the small disk", || {
-            s.c.ctl(&["switchover", "--candidate", &first, "--force"])
-        });
-        s.wait_new_primary(p, FAILOVER);
-        s.wait_converged(CONVERGE);
-    }
+    s.make_primary(0);
     s.start_writes();
     pause(STEADY);
     let fill = s.c.node_path(0, &s.c.nodes[0].dir.join("pg/fill")).expect("node1 runs");
@@ -572,12 +566,11 @@ fn the_wall_clock_of_the_primary_jumps_back_and_forward() {
         eprintln!("fault the_wall_clock_of_the_primary_jumps_back_and_forward: SKIPPED: libfaketime is missing (scripts/install-deps.sh)");
         return;
     }
-    let opts = Opts { first_faketime: true, ..Opts::synchronous() };
+    let opts = Opts { first: FirstNode { faketime: true, ..FirstNode::default() }, ..Opts::synchronous() };
     let Some(mut s) = Scenario::new("the_wall_clock_of_the_primary_jumps_back_and_forward", opts) else {
         return;
     };
-    let p = s.primary();
-    assert_eq!(p, 0, "node1 bootstraps, so it is the primary with the movable clock");
+    s.make_primary(0);
     s.start_writes();
     pause(STEADY);
     for offset in ["-5m", "+5m", "+0"] {
@@ -593,4 +586,39 @@ fn the_wall_clock_of_the_primary_jumps_back_and_forward() {
     s.fault_over();
     let report = s.finish(CONVERGE);
     assert_eq!(report.groups.len(), 1, "no failover when only the wall clock moves: {:?}", report.groups);
+}
+
+/// The filesystem under the primary's Raft log (a 16 MiB tmpfs of its own) fills up under
+/// write load. A failed write of the Raft log must stop that node (DESIGN.md: never retried and
+/// ignored); its fencer then stops Postgres and a replica is promoted. After the space is
+/// freed and the node restarted it rejoins and streams.
+#[test]
+#[ignore]
+fn disk_full_under_the_raft_log_of_the_primary() {
+    let opts =
+        Opts { first: FirstNode { raft_fs_mb: Some(16), ..FirstNode::default() }, ..Opts::synchronous() };
+    let Some(mut s) = Scenario::new("disk_full_under_the_raft_log_of_the_primary", opts) else { return };
+    s.make_primary(0);
+    s.start_writes();
+    pause(STEADY);
+    let fill = s.c.node_path(0, &s.c.nodes[0].raft_dir().join("fill")).expect("node1's mount holder runs");
+    let filled = fill_up(&fill);
+    eprintln!("fault {}: filled {} KiB; node1's Raft disk is full", s.name, filled >> 10);
+    let n = s.wait_new_primary(0, FAILOVER);
+    let running = s.c.is_running(0);
+    eprintln!("fault {}: {} promoted; node1 running: {running}", s.name, s.c.nodes[n].name);
+    wait_until(FAILOVER, "node1's pgha stops on the failed Raft write", || {
+        if s.c.is_running(0) {
+            Err("still running".to_string())
+        } else {
+            Ok(())
+        }
+    });
+    let text = s.c.log_text(0);
+    let last: Vec<&str> = text.lines().rev().take(3).collect();
+    eprintln!("fault {}: node1's last words: {last:?}", s.name);
+    std::fs::remove_file(&fill).expect("free the space");
+    s.c.start(0);
+    s.fault_over();
+    s.finish(CONVERGE);
 }
