@@ -70,6 +70,9 @@ pub struct Report {
     pub phantoms: Vec<u64>,
     pub diverged: Vec<String>,
     pub max_gap: Duration,
+    /// When the longest gap began (the end of the acknowledgement before it), from the
+    /// workload's start.
+    pub max_gap_from: Duration,
     /// Acknowledgements per (node, timeline).
     pub groups: BTreeMap<(String, u32), usize>,
 }
@@ -161,7 +164,10 @@ pub fn check(history: &[Write], fin: &Final) -> Report {
         }
     }
     ack_ends.sort();
-    r.max_gap = ack_ends.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    if let Some(w) = ack_ends.windows(2).max_by_key(|w| w[1] - w[0]) {
+        r.max_gap = w[1] - w[0];
+        r.max_gap_from = w[0];
+    }
     r
 }
 
@@ -206,7 +212,7 @@ mod tests {
         let r = check(&h, &fin("n2", &[("n2", &[1, 2, 4, 5]), ("n3", &[1, 2, 4, 5])]));
         assert!(r.problems(Mode::SyncStrict).is_empty(), "{r:?}");
         assert_eq!((r.acked, r.failed, r.lost.len()), (4, 1, 0));
-        assert_eq!(r.max_gap, ms(4110 - 30));
+        assert_eq!((r.max_gap, r.max_gap_from), (ms(4110 - 30), ms(30)));
         assert_eq!(r.groups.len(), 2);
     }
 

@@ -242,8 +242,15 @@ impl Scenario {
         assert_eq!(now, i, "the switchover went to {name}");
     }
 
+    /// Prints `what` with the time on the history's clock (to place the write gaps).
+    pub fn mark(&self, what: &str) {
+        let t = self.wl.as_ref().map(|w| w.elapsed().as_secs_f64()).unwrap_or(0.0);
+        eprintln!("fault {}: t={t:.1} s: {what}", self.name);
+    }
+
     /// Marks the end of the last fault: convergence is timed from here.
     pub fn fault_over(&mut self) {
+        self.mark("fault over");
         self.fault_over = Some(boot_now());
     }
 
@@ -280,7 +287,7 @@ impl Scenario {
         let report = checker::check(&history, &fin);
         let problems = report.problems(self.mode);
         let line = format!(
-            "fault {}: mode {:?}; writes {} acked {} failed {} unknown {} lost {} {:?}; max write gap {} ms; converged in {} ms (bound {} s) on {} timeline {}; acks per node/timeline {:?}; scenario {} s",
+            "fault {}: mode {:?}; writes {} acked {} failed {} unknown {} lost {} {:?}; max write gap {} ms (from t={:.1} s); converged in {} ms (bound {} s) on {} timeline {}; acks per node/timeline {:?}; scenario {} s",
             self.name,
             self.mode,
             report.attempted,
@@ -290,6 +297,7 @@ impl Scenario {
             report.lost.len(),
             report.lost_by_writer,
             report.max_gap.as_millis(),
+            report.max_gap_from.as_secs_f64(),
             convergence.as_millis(),
             bound.as_secs(),
             self.c.nodes[p].name,

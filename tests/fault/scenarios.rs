@@ -32,6 +32,7 @@ fn kill9_of_the_primary_node() {
     s.start_writes();
     pause(STEADY);
     let p = s.primary();
+    s.mark("kill -9 of the primary's node");
     s.c.kill9_node(p);
     s.wait_new_primary(p, FAILOVER);
     s.c.start(p);
@@ -301,6 +302,7 @@ fn rolling_restart_of_all_nodes() {
     let mut order = others(&s, p);
     order.push(p);
     for i in order {
+        s.mark(&format!("restarting {}", s.c.nodes[i].name));
         s.c.stop(i);
         s.c.start(i);
         s.wait_converged(CONVERGE);
@@ -454,6 +456,7 @@ fn raft_log_damage(name: &str, flip: bool) {
     pause(STEADY);
     let p = s.primary();
     let r = others(&s, p)[0];
+    s.mark(&format!("stopping {}", s.c.nodes[r].name));
     s.c.stop(r);
     let log = s.c.nodes[r].raft_dir().join("log");
     let mut bytes = std::fs::read(&log).expect("read the Raft log");

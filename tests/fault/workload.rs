@@ -44,6 +44,7 @@ pub struct Workload {
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<Vec<Write>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    t0: BootInstant,
 }
 
 impl Workload {
@@ -78,7 +79,7 @@ impl Workload {
                     .expect("spawn a writer")
             })
             .collect();
-        Workload { stop, history, threads }
+        Workload { stop, history, threads, t0 }
     }
 
     /// The history so far.
@@ -89,6 +90,11 @@ impl Workload {
     /// Acknowledged writes so far.
     pub fn acked(&self) -> usize {
         self.history.lock().unwrap().iter().filter(|w| matches!(w.outcome, Outcome::Ack { .. })).count()
+    }
+
+    /// Time since the workload started (the history's clock).
+    pub fn elapsed(&self) -> Duration {
+        boot_now().saturating_since(self.t0)
     }
 
     /// Stops every client (each finishes or times out its current write) and returns the
