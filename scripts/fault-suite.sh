@@ -13,6 +13,15 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 command -v nft >/dev/null || { echo "nft is missing: run scripts/install-deps.sh" >&2; exit 1; }
+# Namespaces left by a run that was killed outright (Drop never ran): pgf<pid>x<n><role>,
+# removed only when that test process is gone.
+for ns in $(ip netns list | awk '{print $1}' | grep -E '^pgf[0-9]+x' || true); do
+  pid=${ns#pgf}; pid=${pid%%x*}
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "removing leftover namespace $ns (test process $pid is gone)"
+    ip netns del "$ns"
+  fi
+done
 summary="${PGHA_FAULT_SUMMARY:-$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/fault-summary.txt}"
 : > "$summary"
 start=$(date +%s)

