@@ -101,6 +101,13 @@ const HA_DEFAULTS: &[(&str, &str)] = &[
     // After a failover a replica's walreceiver retries its new upstream this often (Postgres's
     // default, 5 s, would add up to 5 s before replicas follow the new primary's timeline).
     ("wal_retrieve_retry_interval", "1s"),
+    // Postgres releases commits waiting for synchronous replication only when a synchronous
+    // standby's reply arrives, and an idle standby replies every `wal_receiver_status_interval`
+    // (default 10 s). When pgha names a new synchronous standby (the old one stopped), the
+    // waiting commits are not followed by new WAL, so they would hang up to 10 s although the
+    // new standby already holds their WAL (the fault suite's rolling restart showed 6–10 s
+    // write gaps in strict mode; with 1 s, under 2 s).
+    ("wal_receiver_status_interval", "1s"),
 ];
 
 /// `wal_level` values that keep streaming replication working (`archive` and `hot_standby`
@@ -364,6 +371,7 @@ mod tests {
             ("max_wal_senders", "10", Origin::Default),
             ("max_replication_slots", "10", Origin::Default),
             ("wal_keep_size", "128MB", Origin::Default),
+            ("wal_receiver_status_interval", "1s", Origin::Default),
             ("primary_conninfo", "", Origin::Pgha),
             ("primary_slot_name", "", Origin::Pgha),
             ("synchronous_standby_names", "", Origin::Pgha),
