@@ -284,6 +284,26 @@ impl Scenario {
             let ids: BTreeSet<u64> = ids.split(',').filter_map(|s| s.parse().ok()).collect();
             fin.rows.insert(self.c.nodes[i].name.clone(), ids);
         }
+        if std::env::var_os("PGHA_FAULT_KEEP").is_some() {
+            // The raw history next to the node logs, for a closer look.
+            let mut csv = String::from("id,writer,start_ms,end_ms,outcome,node,timeline\n");
+            for w in &history {
+                let (outcome, node, tl) = match &w.outcome {
+                    checker::Outcome::Ack { node, timeline } => ("ack", node.as_str(), timeline.to_string()),
+                    checker::Outcome::Failed(e) => ("failed", e.as_str(), String::new()),
+                    checker::Outcome::Unknown => ("unknown", "", String::new()),
+                };
+                csv.push_str(&format!(
+                    "{},{},{},{},{outcome},\"{}\",{tl}\n",
+                    w.id,
+                    w.writer,
+                    w.start.as_millis(),
+                    w.end.as_millis(),
+                    node.replace('"', "'")
+                ));
+            }
+            let _ = std::fs::write(self.c.root.join("history.csv"), csv);
+        }
         let report = checker::check(&history, &fin);
         let problems = report.problems(self.mode);
         let line = format!(
