@@ -20,4 +20,5 @@ mod cluster;
 mod net;
 mod scenario;
 mod scenarios;
+mod storage;
 mod workload;
