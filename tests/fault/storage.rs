@@ -82,17 +82,17 @@ fn raft_log_damage(name: &str, flip: bool) {
 /// same way. Writes must resume within two failover times while the disk stays full (a replica
 /// promoted); after the space is freed the node converges.
 ///
-/// FAILS (pgha bug, docs/faults.md "Bugs found"): the lease holder whose Postgres cannot start
-/// keeps renewing its lease and retrying `StartPrimary` forever (`ha::decide::renew_or_start`
-/// has no bound like Patroni's `primary_start_timeout`), so no replica is ever promoted and the
-/// cluster has no writable primary until someone frees the disk.
+/// This found a pgha bug (docs/faults.md "Bugs found"): the lease holder whose Postgres could
+/// not start kept its lease for ever. Now it hands it over after `primary_start_timeout`,
+/// set to 10 s here.
 #[test]
-#[ignore = "fails: a lease holder whose Postgres cannot start never releases its lease (docs/faults.md)"]
+#[ignore]
 fn disk_full_on_the_primarys_data_directory() {
     let opts =
         Opts { first: FirstNode { pg_fs_mb: Some(256), ..FirstNode::default() }, ..Opts::asynchronous() };
     let Some(mut s) = Scenario::new("disk_full_on_the_primarys_data_directory", opts) else { return };
     s.make_primary(0);
+    s.c.ctl(&["edit-config", "--set", "primary_start_timeout=10", "--force"]).expect("edit-config");
     s.start_writes();
     pause(STEADY);
     let fill = s.c.node_path(0, &s.c.nodes[0].dir.join("pg/fill")).expect("node1 runs");
