@@ -10,7 +10,8 @@
 //! `PGHA_FAULT_KEEP=1`) and then the namespaces.
 
 use crate::harness::{self, parse_members, pause, summary, wait_until, MemberRow};
-use crate::net::{node_addr, Net};
+use crate::net::{self, node_addr, Net};
+use crate::relay::Relay;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -42,6 +43,10 @@ pub struct FirstNode {
     pub raft_fs_mb: Option<u64>,
     /// See [`Node::faketime`].
     pub faketime: bool,
+    /// Not the first node's alone: every node advertises its relay address (`net::relay_addr`)
+    /// as its connect addresses, so all traffic between nodes passes a delay relay
+    /// ([`NetCluster::relay`]).
+    pub relayed: bool,
 }
 
 pub struct Node {
@@ -87,6 +92,8 @@ pub struct NetCluster {
     pub root: PathBuf,
     pub nodes: Vec<Node>,
     user: String,
+    /// With [`FirstNode::relayed`]: the relay between the nodes (its delay starts at 0).
+    pub relay: Option<Relay>,
     // Last field: dropped after `Drop::drop` has killed every process in the namespaces.
     pub net: Net,
 }
@@ -108,7 +115,18 @@ impl NetCluster {
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).expect("create the test's temp dir");
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod the temp dir");
-        let mut c = NetCluster { root, nodes: Vec::new(), user: harness::service_user(), net };
+        let relay = first.relayed.then(|| {
+            let mut routes = Vec::new();
+            for i in 0..data + witnesses {
+                net.add_switch_addr(&net::relay_addr(i));
+                for port in [API_PORT, RAFT_PORT, PG_PORT] {
+                    let at = |a: String| format!("{a}:{port}").parse().expect("a socket address");
+                    routes.push((at(net::relay_addr(i)), at(node_addr(i))));
+                }
+            }
+            Relay::start(&net.switch(), routes)
+        });
+        let mut c = NetCluster { root, nodes: Vec::new(), user: harness::service_user(), relay, net };
         for i in 0..data + witnesses {
             c.write_config(i, i >= data);
         }
@@ -141,12 +159,14 @@ impl NetCluster {
         let dir = self.root.join(&name);
         let config = self.root.join(format!("{name}.yml"));
         let a = node_addr(i);
+        // What the other nodes connect to: the node itself, or its relay.
+        let r = if self.relay.is_some() { net::relay_addr(i) } else { a.clone() };
         let d = dir.display();
         let text = format!(
             "scope: fault\nname: {name}\nuser: {user}\n\
-restapi:\n  listen: {a}:{API_PORT}\n  connect_address: {a}:{API_PORT}\n\
-raft:\n  listen: {a}:{RAFT_PORT}\n  connect_address: {a}:{RAFT_PORT}\n  data_dir: {d}/raft\n\
-postgresql:\n  listen: {a}:{PG_PORT}\n  connect_address: {a}:{PG_PORT}\n  data_dir: {d}/pg/data\n  \
+restapi:\n  listen: {a}:{API_PORT}\n  connect_address: {r}:{API_PORT}\n\
+raft:\n  listen: {a}:{RAFT_PORT}\n  connect_address: {r}:{RAFT_PORT}\n  data_dir: {d}/raft\n\
+postgresql:\n  listen: {a}:{PG_PORT}\n  connect_address: {r}:{PG_PORT}\n  data_dir: {d}/pg/data\n  \
 authentication:\n    superuser:\n      username: postgres\n      password: {SUPERUSER_PASSWORD}\n  \
 parameters:\n    shared_buffers: 16MB\n    max_connections: 40\n\
 proxy:\n  listen: {a}:{PROXY_PORT}\n  replicas_listen: {a}:5001\n\
@@ -175,6 +195,7 @@ watchdog:\n  mode: off\n{w}",
 
     /// A 4th (5th…) data node: namespace, config, token, join, run.
     pub fn add_node(&mut self) -> usize {
+        assert!(self.relay.is_none(), "joining a node behind the delay relay is not built");
         let i = self.net.add_node();
         assert_eq!(i, self.nodes.len());
         self.write_config(i, false);

@@ -18,6 +18,7 @@ mod harness;
 mod checker;
 mod cluster;
 mod net;
+mod relay;
 mod scenario;
 mod scenarios;
 mod storage;

@@ -25,6 +25,12 @@ pub fn node_addr(i: usize) -> String {
     format!("10.77.0.{}", 11 + i)
 }
 
+/// The relay address that stands for node `i` when delays are on (see `relay`): it lives in
+/// the switch namespace.
+pub fn relay_addr(i: usize) -> String {
+    format!("10.77.0.{}", 111 + i)
+}
+
 /// The address of the client namespace.
 pub const CLIENT_ADDR: &str = "10.77.0.100";
 const SUBNET_BITS: u8 = 24;
@@ -93,6 +99,12 @@ impl Net {
         }
         net.attach(&net.client_ns(), "pc", CLIENT_ADDR);
         net
+    }
+
+    /// Gives the switch namespace an address on the bridge (for the relay).
+    pub fn add_switch_addr(&self, addr: &str) {
+        let sw = self.switch();
+        self.ip(&["-n", &sw, "addr", "add", &format!("{addr}/{SUBNET_BITS}"), "dev", "br0"]);
     }
 
     pub fn switch(&self) -> String {

@@ -380,8 +380,29 @@ fn asymmetric_partition_primary_sends_but_does_not_receive() {
     s.finish(CONVERGE);
 }
 
-/// 5 % packet loss on every node's link for 30 s under write load (no delay: this kernel has
-/// no sch_netem, see docs/faults.md).
+/// 100 ms between nodes (each way, so a round trip between two nodes takes 200 ms more) for
+/// 30 s under write load in strict synchronous mode: every connection between nodes passes a
+/// userspace delay relay (this kernel has no sch_netem; see `relay`). The lease must hold
+/// through it: no failover, writes go on (slower).
+#[test]
+#[ignore]
+fn a_100ms_delay_between_nodes() {
+    let opts = Opts { first: FirstNode { relayed: true, ..FirstNode::default() }, ..Opts::synchronous() };
+    let Some(mut s) = Scenario::new("a_100ms_delay_between_nodes", opts) else { return };
+    s.start_writes();
+    pause(STEADY);
+    let before = s.primaries();
+    s.c.relay.as_ref().expect("relayed").set_delay(Duration::from_millis(100));
+    eprintln!("fault {}: 100 ms each way between the nodes for 30 s", s.name);
+    pause(Duration::from_secs(30));
+    let during = s.primaries();
+    s.c.relay.as_ref().expect("relayed").set_delay(Duration::ZERO);
+    s.fault_over();
+    assert_eq!(during, before, "the primary changed under a 100 ms delay");
+    s.finish(CONVERGE);
+}
+
+/// 5 % packet loss on every node's link for 30 s under write load.
 #[test]
 #[ignore]
 fn packet_loss_between_nodes() {
