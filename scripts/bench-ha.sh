@@ -27,11 +27,13 @@ chmod 755 "$work"
 demo_pid= writer_pid=
 declare -a STARTED=()
 cleanup() {
+  local status=$?
   [ -n "$writer_pid" ] && kill "$writer_pid" 2>/dev/null || true
   for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   [ -n "$demo_pid" ] && kill -TERM "$demo_pid" 2>/dev/null || true
   for p in "${STARTED[@]}" $demo_pid; do wait "$p" 2>/dev/null || true; done
-  if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
+  # A failed run keeps its logs (node logs under $work/c, restarted nodes' in $work).
+  if [ -n "${KEEP:-}" ] || [ "$status" != 0 ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 now_ms() { date +%s%3N; }
