@@ -205,7 +205,7 @@ fn member_health(snap: &Snapshot) -> Option<MemberHealth> {
         LocalPg::Running { role, streaming, .. } => {
             (PgRunState::Running, *role == PgRole::Primary, *streaming)
         }
-        LocalPg::Starting => (PgRunState::Starting, false, false),
+        LocalPg::Starting | LocalPg::Recovering { .. } => (PgRunState::Starting, false, false),
         LocalPg::Absent | LocalPg::Stopped { .. } => (PgRunState::Stopped, false, false),
     };
     let position = view.probe.as_ref().and_then(|p| p.receive_lsn.max(p.replay_lsn));
@@ -281,7 +281,7 @@ fn member_json(scope: &str, snap: &Snapshot, now_ms: u64) -> Value {
     } else {
         match view.pg {
             LocalPg::Running { .. } => "running",
-            LocalPg::Starting => "starting",
+            LocalPg::Starting | LocalPg::Recovering { .. } => "starting",
             LocalPg::Absent | LocalPg::Stopped { .. } => "stopped",
         }
     };

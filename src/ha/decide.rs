@@ -298,12 +298,12 @@ pub fn decide(obs: &Observation) -> Decision {
                 // switchover, the replicas stop streaming by construction, and waiting for them
                 // would restart the primary and stop it again forever.
                 return match pg {
-                    LocalPg::Running { .. } | LocalPg::Starting
+                    LocalPg::Running { .. } | LocalPg::Starting | LocalPg::Recovering { .. }
                         if !has_switchover_candidate(c, obs.me, sw.candidate.as_ref(), obs.wall_now_ms) =>
                     {
                         renew_or_start(pg, epoch, Reason::SwitchoverWaitsForCandidate)
                     }
-                    LocalPg::Running { .. } | LocalPg::Starting => {
+                    LocalPg::Running { .. } | LocalPg::Starting | LocalPg::Recovering { .. } => {
                         d(Action::Stop { mode: StopMode::Fast }, reason)
                     }
                     // Only a clean stop's checkpoint is the end of the WAL; after a crash,
@@ -351,7 +351,7 @@ pub fn decide(obs: &Observation) -> Decision {
             }
             match pg {
                 LocalPg::Absent => d(Action::None, Reason::NothingToFollow),
-                LocalPg::Starting => d(Action::None, Reason::Starting),
+                LocalPg::Starting | LocalPg::Recovering { .. } => d(Action::None, Reason::Starting),
                 // After a crash the last checkpoint is far behind the end of the WAL, and only
                 // the end says whether this member is eligible: recover first.
                 LocalPg::Stopped { was_primary: true, clean: false, .. } => {
@@ -395,7 +395,9 @@ fn renew_or_start(pg: &LocalPg, epoch: LeaseEpoch, reason: Reason) -> Decision {
             d(Action::StartStandby, Reason::PrimaryStarting { epoch })
         }
         LocalPg::Stopped { .. } => d(Action::StartPrimary, Reason::PrimaryStarting { epoch }),
-        LocalPg::Starting => d(Action::RenewLease { epoch }, Reason::PrimaryStarting { epoch }),
+        LocalPg::Starting | LocalPg::Recovering { .. } => {
+            d(Action::RenewLease { epoch }, Reason::PrimaryStarting { epoch })
+        }
         LocalPg::Absent => {
             d(Action::ReleaseLease { epoch, checkpoint: None }, Reason::NoDataWithLease { epoch })
         }
@@ -418,7 +420,9 @@ fn start_timed_out(obs: &Observation, epoch: LeaseEpoch) -> Option<Decision> {
     }
     let reason = Reason::PrimaryStartTimedOut { seconds: c.config.primary_start_timeout };
     Some(match pg {
-        LocalPg::Starting | LocalPg::Running { .. } => d(Action::Stop { mode: StopMode::Immediate }, reason),
+        LocalPg::Starting | LocalPg::Recovering { .. } | LocalPg::Running { .. } => {
+            d(Action::Stop { mode: StopMode::Immediate }, reason)
+        }
         LocalPg::Stopped { .. } | LocalPg::Absent => {
             d(Action::ReleaseLease { epoch, checkpoint: None }, reason)
         }
@@ -474,6 +478,13 @@ fn follow(c: &ClusterState, me: &MemberName, primary: &MemberName, pg: &LocalPg,
             auto(Action::Clone { from: from.clone() }, Reason::NeedsClone { from })
         }
         LocalPg::Starting => d(Action::None, Reason::Starting),
+        // A standby not yet consistent that waits for WAL from a member that is no longer
+        // the primary would wait for ever: point it at the primary (a reload by signal).
+        LocalPg::Recovering { upstream } if upstream.as_ref() != Some(primary) => auto(
+            Action::Follow { upstream: primary.clone() },
+            Reason::WrongUpstream { upstream: primary.clone() },
+        ),
+        LocalPg::Recovering { .. } => d(Action::None, Reason::Starting),
         // pg_rewind refuses a data directory that was not shut down cleanly, and only a clean
         // one's last checkpoint is the end of its WAL: recover first, then decide.
         LocalPg::Stopped { was_primary: true, clean: false, .. } if c.config.postgresql.use_pg_rewind => {

@@ -245,6 +245,10 @@ impl LocalPostgres {
                                 (LocalPg::Starting, None)
                             }
                         },
+                        Err(e) if self.data.is_standby() => {
+                            tracing::debug!(error = %e, "the standby does not accept connections yet");
+                            (LocalPg::Recovering { upstream: self.upstream.clone() }, None)
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, "Postgres does not accept connections yet");
                             (LocalPg::Starting, None)
@@ -434,9 +438,20 @@ impl LocalPostgres {
     }
 
     /// `pg_reload_conf()` on the running server.
+    /// A standby still recovering to consistency accepts no connection: it is told by
+    /// SIGHUP to the postmaster instead (what `pg_reload_conf()` does).
     async fn reload(&self, cluster: &ClusterState) -> Result<(), String> {
-        let session = self.session(Some(cluster)).await.map_err(|e| e.to_string())?;
-        session.reload().await.map_err(|e| e.to_string()).map(drop)
+        match self.session(Some(cluster)).await {
+            Ok(session) => session.reload().await.map_err(|e| e.to_string()).map(drop),
+            Err(e) => {
+                let Some(pid) = self.pid() else { return Err(e.to_string()) };
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGHUP,
+                )
+                .map_err(|s| format!("cannot connect ({e}) nor signal the postmaster {pid}: {s}"))
+            }
+        }
     }
 
     /// Points the running standby at `upstream`: `primary_conninfo` and `primary_slot_name`

@@ -36,6 +36,10 @@ pub enum LocalPg {
     },
     /// A postmaster that does not answer queries yet (starting up, crash recovery).
     Starting,
+    /// A standby's postmaster that refuses connections until its recovery is consistent: it
+    /// needs WAL from `upstream` (what pgha configured). If that member is no longer the
+    /// primary it never gets it, so it must be pointed at the new one while it cannot answer.
+    Recovering { upstream: Option<MemberName> },
     /// A postmaster that answers.
     Running {
         role: PgRole,
@@ -56,14 +60,14 @@ impl LocalPg {
             LocalPg::Stopped { system_identifier, .. } | LocalPg::Running { system_identifier, .. } => {
                 Some(system_identifier)
             }
-            LocalPg::Absent | LocalPg::Starting => None,
+            LocalPg::Absent | LocalPg::Starting | LocalPg::Recovering { .. } => None,
         }
     }
 
     pub fn timeline(&self) -> Option<Timeline> {
         match self {
             LocalPg::Stopped { timeline, .. } | LocalPg::Running { timeline, .. } => Some(*timeline),
-            LocalPg::Absent | LocalPg::Starting => None,
+            LocalPg::Absent | LocalPg::Starting | LocalPg::Recovering { .. } => None,
         }
     }
 
@@ -71,7 +75,7 @@ impl LocalPg {
         match self {
             LocalPg::Stopped { checkpoint, .. } => Some(*checkpoint),
             LocalPg::Running { lsn, .. } => Some(*lsn),
-            LocalPg::Absent | LocalPg::Starting => None,
+            LocalPg::Absent | LocalPg::Starting | LocalPg::Recovering { .. } => None,
         }
     }
 

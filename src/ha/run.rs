@@ -45,7 +45,7 @@ const SHUTDOWN_STOP: Duration = Duration::from_secs(60);
 pub fn status_of(pg: &LocalPg, probe: Option<&PgProbe>, now_ms: u64) -> MemberStatus {
     let (state, role) = match pg {
         LocalPg::Absent | LocalPg::Stopped { .. } => ("stopped", "replica"),
-        LocalPg::Starting => ("starting", "replica"),
+        LocalPg::Starting | LocalPg::Recovering { .. } => ("starting", "replica"),
         LocalPg::Running { role: PgRole::Primary, .. } => ("running", "primary"),
         LocalPg::Running { role: PgRole::Replica, streaming: true, .. } => ("streaming", "replica"),
         LocalPg::Running { role: PgRole::Replica, .. } => ("running", "replica"),

@@ -561,6 +561,16 @@ fn decisions() {
             Stop { mode: StopMode::Fast },
         ),
         (
+            "standby not yet consistent, waiting for WAL from a member that is no longer primary: follow the primary",
+            Case::three().me("n3").held("n2", 4, false).pg(LocalPg::Recovering { upstream: Some(n("n1")) }),
+            Follow { upstream: n("n2") },
+        ),
+        (
+            "standby not yet consistent, streaming from the primary: wait",
+            Case::three().me("n3").held("n2", 4, false).pg(LocalPg::Recovering { upstream: Some(n("n2")) }),
+            None,
+        ),
+        (
             "standby that replayed up to where its timeline ended: follow",
             Case::three().me("n3").held("n2", 4, false).history(1, 300).pg(standby_replayed(1, 300, false)),
             StartReplica { upstream: n("n2") },
