@@ -512,18 +512,14 @@ watchdog:\n  mode: off\n{w}",
     /// `psql -Atc sql` as the superuser from the client namespace to `addr:port`.
     pub fn psql_at(&self, addr: &str, port: u16, sql: &str) -> Result<String, String> {
         let conninfo = format!("host={addr} port={port} user=postgres dbname=postgres connect_timeout=3");
-        let out = Net::command(&self.net.client_ns(), PSQL)
-            .args([conninfo.as_str(), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .env("PGPASSWORD", SUPERUSER_PASSWORD)
-            .env("PGOPTIONS", "-c statement_timeout=10000")
-            .env_remove("PGSERVICE")
-            .output()
-            .map_err(|e| format!("cannot run {PSQL}: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        harness::psql_result(
+            Net::command(&self.net.client_ns(), PSQL)
+                .args([conninfo.as_str(), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+                .env("PGPASSWORD", SUPERUSER_PASSWORD)
+                .env("PGOPTIONS", "-c statement_timeout=10000")
+                .env_remove("PGSERVICE")
+                .output(),
+        )
     }
 
     /// `psql` against node `i`'s Postgres.

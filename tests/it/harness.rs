@@ -181,6 +181,16 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_string()
 }
 
+/// A finished `psql -At` run: its output, or what it printed on stderr (or why it did not run).
+pub fn psql_result(run: std::io::Result<Output>) -> Result<String, String> {
+    let out = run.map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(stdout(&out))
+    } else {
+        Err(stderr(&out))
+    }
+}
+
 /// Free TCP ports on 127.0.0.1, all distinct (each is held until all are known).
 ///
 /// They are taken below the kernel's ephemeral range when there is room: a port from

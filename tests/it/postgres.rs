@@ -29,17 +29,13 @@ pub(crate) fn psql_within(port: u16, sql: &str, connect_timeout_s: u32) -> Resul
     let conninfo = format!(
         "host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout={connect_timeout_s}"
     );
-    let out = Command::new(PSQL)
-        .args([conninfo.as_str(), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGPASSWORD", SUPERUSER_PASSWORD)
-        .env_remove("PGSERVICE")
-        .output()
-        .map_err(|e| format!("cannot run {PSQL}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+    crate::harness::psql_result(
+        Command::new(PSQL)
+            .args([conninfo.as_str(), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", SUPERUSER_PASSWORD)
+            .env_remove("PGSERVICE")
+            .output(),
+    )
 }
 
 /// What each node's Postgres says it is: "primary", "replica", or the error.
